@@ -1,0 +1,208 @@
+"""The one attention core of the project: multi-head scaled dot-product attention.
+
+Serves ViT self-attention, text-encoder self-attention, decoder causal self-attention
+and cross-attention (Vaswani et al. 2017, section 3.2).
+
+Shape letters: B batch, H heads, Tq query length, Tk key length, D model width,
+Dh head width (D // H), P cached (past) length.
+
+Mask convention (the only one in the project): a boolean mask where ``True`` means
+"may attend", broadcastable to (B, H, Tq, Tk) -- the meaning of
+``F.scaled_dot_product_attention``. Note that ``nn.MultiheadAttention``'s boolean
+masks mean the opposite (``True`` = blocked). A floating-point mask is added to the
+scores instead. Build masks with :func:`padding_mask` and :func:`causal_mask`.
+
+Nothing is stored on the module between calls: attention weights and the KV cache are
+return values, and the cache is passed back in explicitly.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class KVCache(NamedTuple):
+    """Projected keys and values, each (B, H, T, Dh)."""
+
+    key: Tensor
+    value: Tensor
+
+
+class Attended(NamedTuple):
+    """What :class:`MultiHeadAttention` returns.
+
+    ``x`` is (B, Tq, D); ``weights`` is (B, H, Tq, Tk) when asked for, else ``None``;
+    ``cache`` is the updated :class:`KVCache` when ``use_cache`` was set, else ``None``.
+    """
+
+    x: Tensor
+    weights: Tensor | None
+    cache: KVCache | None
+
+
+def padding_mask(keep: Tensor) -> Tensor:
+    """Key-padding mask (B, 1, 1, Tk), ``True`` where a key may be attended.
+
+    ``keep`` is a boolean (B, Tk) tensor, ``True`` for real tokens, e.g. ``ids != pad_id``.
+    """
+    if keep.dtype != torch.bool or keep.dim() != 2:
+        raise ValueError(
+            f"padding_mask expects a boolean (B, Tk) keep-mask, got {keep.dtype} "
+            f"{tuple(keep.shape)}"
+        )
+    return keep[:, None, None, :]  # (B, 1, 1, Tk)
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> Tensor:
+    """Causal mask (Tq, Tk), ``True`` where query i may see key j.
+
+    Queries are the last ``q_len`` positions of the ``k_len`` keys (bottom-right
+    alignment), which is what incremental decoding with a KV cache needs.
+    """
+    offset = k_len - q_len
+    q_pos = torch.arange(q_len, device=device)[:, None] + offset  # (Tq, 1)
+    k_pos = torch.arange(k_len, device=device)[None, :]  # (1, Tk)
+    return k_pos <= q_pos  # (Tq, Tk)
+
+
+def combine_masks(*masks: Tensor | None) -> Tensor | None:
+    """AND together boolean masks (``None`` entries are skipped)."""
+    out: Tensor | None = None
+    for m in masks:
+        if m is None:
+            continue
+        out = m if out is None else out & m
+    return out
+
+
+def scaled_dot_product(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, dropout_p: float = 0.0
+) -> tuple[Tensor, Tensor]:
+    """The explicit path: softmax(q k^T / sqrt(Dh) + mask) v, returning the weights.
+
+    q (B, H, Tq, Dh), k and v (B, H, Tk, Dh) -> out (B, H, Tq, Dh), weights (B, H, Tq, Tk).
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = (q * scale) @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask
+    weights = scores.softmax(dim=-1)
+    dropped = F.dropout(weights, p=dropout_p) if dropout_p > 0.0 else weights
+    return dropped @ v, weights  # (B, H, Tq, Dh), (B, H, Tq, Tk)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with a fused q/k/v projection for self-attention.
+
+    ``cross=False``: self-attention; ``x`` gives queries, keys and values through one
+    ``qkv`` linear layer (timm's layout). ``cross=True``: queries from ``x`` through ``q``,
+    keys and values from ``context`` through ``kv``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        qkv_bias: bool = True,
+        cross: bool = False,
+        context_dim: int | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.cross = cross
+        if cross:
+            self.q = nn.Linear(dim, dim, bias=qkv_bias)
+            self.kv = nn.Linear(context_dim or dim, 2 * dim, bias=qkv_bias)
+        else:
+            self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, t: Tensor, n: int) -> Tensor:
+        # (B, T, n*D) -> (n, B, H, T, Dh)
+        b, t_len, _ = t.shape
+        return t.view(b, t_len, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        *,
+        mask: Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+        use_cache: bool = False,
+        need_weights: bool = False,
+    ) -> Attended:
+        """Attend from ``x`` (B, Tq, D) to itself or to ``context`` (B, Tk, Dc).
+
+        mask: boolean (``True`` = may attend) or additive float, broadcastable to
+            (B, H, Tq, Tk).
+        causal: add the causal mask (self-attention only).
+        cache: for self-attention, past keys/values (B, H, P, Dh) to which this call's
+            are appended; for cross-attention, the context's projected keys/values,
+            reused instead of projecting ``context`` again (``context`` may be ``None``).
+        use_cache: return the (updated) cache.
+        need_weights: take the explicit path and return weights (B, H, Tq, Tk).
+        """
+        b, q_len, _ = x.shape
+        if self.cross:
+            q = self._heads(self.q(x), 1)[0]  # (B, H, Tq, Dh)
+            if cache is not None:
+                k, v = cache
+            else:
+                if context is None:
+                    raise ValueError("cross-attention needs a context or a cache")
+                k, v = self._heads(self.kv(context), 2)  # (B, H, Tk, Dh) each
+            if causal:
+                raise ValueError("causal masking applies to self-attention only")
+        else:
+            if context is not None:
+                raise ValueError("self-attention got a context; build the layer with cross=True")
+            q, k, v = self._heads(self.qkv(x), 3)  # (B, H, Tq, Dh) each
+            if cache is not None:
+                k = torch.cat([cache.key, k], dim=2)  # (B, H, P + Tq, Dh)
+                v = torch.cat([cache.value, v], dim=2)
+        new_cache = KVCache(k, v) if use_cache else None
+
+        k_len = k.shape[2]
+        is_causal = False
+        if causal and q_len > 1:
+            if mask is None and k_len == q_len and not need_weights:
+                is_causal = True  # SDPA's own causal kernel
+            else:
+                mask = _with_causal(mask, causal_mask(q_len, k_len, x.device))
+
+        drop = self.attn_drop if self.training else 0.0
+        if need_weights:
+            out, weights = scaled_dot_product(q, k, v, mask, dropout_p=drop)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal
+            )  # (B, H, Tq, Dh)
+            weights = None
+        out = out.transpose(1, 2).reshape(b, q_len, -1)  # (B, Tq, D)
+        return Attended(self.proj_drop(self.proj(out)), weights, new_cache)
+
+
+def _with_causal(mask: Tensor | None, causal: Tensor) -> Tensor:
+    """Merge a causal (Tq, Tk) boolean mask into a boolean or additive mask."""
+    if mask is None:
+        return causal
+    if mask.dtype == torch.bool:
+        return mask & causal
+    return mask.masked_fill(~causal, float("-inf"))

@@ -1,0 +1,282 @@
+"""Vision Transformer (Dosovitskiy et al. 2021), written from scratch on the project's
+attention core, with timm's parameter names so that timm weights map one to one.
+
+Shape letters: B batch, C channels, H/W image height/width, p patch size,
+Gh/Gw patch grid, N tokens (prefix + Gh*Gw), D width, L layers, Hd heads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import MultiHeadAttention
+from .layers import DropPath, LayerScale, Mlp
+
+
+@dataclass
+class ViTConfig:
+    """Everything that defines a ViT's architecture. Plain values only (YAML/JSON safe)."""
+
+    image_size: int | tuple[int, int] = 224
+    patch_size: int = 16
+    in_channels: int = 3
+    num_classes: int = 1000
+    dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    class_token: bool = True
+    global_pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens)
+    fc_norm: bool | None = None  # norm after pooling instead of before; None: True for "avg"
+    no_embed_class: bool = False  # position embeddings cover patch tokens only
+    layer_scale_init: float | None = None  # e.g. 1e-5 enables LayerScale
+    norm_eps: float = 1e-6
+    drop_rate: float = 0.0  # dropout before the head and after position embeddings
+    attn_drop_rate: float = 0.0
+    proj_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0  # stochastic depth, linearly increasing over depth
+    dynamic_img_pad: bool = False  # pad images whose size is not a multiple of patch_size
+
+    def __post_init__(self) -> None:
+        if isinstance(self.image_size, list):
+            self.image_size = tuple(self.image_size)
+        h, w = self.grid_size  # validates image_size
+        if self.patch_size <= 0:
+            raise ValueError(f"ViTConfig.patch_size must be positive, got {self.patch_size}")
+        if not self.dynamic_img_pad and (h * self.patch_size, w * self.patch_size) != self.image_hw:
+            raise ValueError(
+                f"ViTConfig.image_size {self.image_hw} is not divisible by patch_size "
+                f"{self.patch_size} (set dynamic_img_pad=True to pad)"
+            )
+        if self.dim % self.num_heads != 0:
+            raise ValueError(
+                f"ViTConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.global_pool not in ("token", "avg"):
+            raise ValueError(f"ViTConfig.global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+        if self.global_pool == "token" and not self.class_token:
+            raise ValueError("ViTConfig.global_pool='token' needs class_token=True")
+        for name in ("depth", "num_heads", "dim", "in_channels"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ViTConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ValueError(f"ViTConfig.num_classes must be >= 0, got {self.num_classes}")
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        s = self.image_size
+        if isinstance(s, int):
+            return (s, s)
+        if len(s) != 2:
+            raise ValueError(f"ViTConfig.image_size must be an int or (height, width), got {s!r}")
+        return (int(s[0]), int(s[1]))
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        h, w = self.image_hw
+        return (math.ceil(h / self.patch_size), math.ceil(w / self.patch_size))
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.class_token else 0
+
+    @property
+    def use_fc_norm(self) -> bool:
+        return self.global_pool == "avg" if self.fc_norm is None else self.fc_norm
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        if isinstance(d["image_size"], tuple):
+            d["image_size"] = list(d["image_size"])
+        return d
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping p x p patches -> D-dim tokens through one strided convolution."""
+
+    def __init__(self, patch_size: int, in_channels: int, dim: int, *, pad: bool = False) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.pad = pad
+        self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        p = self.patch_size
+        h, w = x.shape[-2:]
+        if h % p or w % p:
+            if not self.pad:
+                raise ValueError(
+                    f"image size {h}x{w} is not divisible by patch size {p} "
+                    "(build the model with dynamic_img_pad=True to pad)"
+                )
+            x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
+        x = self.proj(x)  # (B, D, Gh, Gw)
+        grid = (x.shape[-2], x.shape[-1])
+        return x.flatten(2).transpose(1, 2), grid  # (B, Gh*Gw, D)
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, cfg: ViTConfig, drop_path: float) -> None:
+        super().__init__()
+        dim = cfg.dim
+        self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.attn = MultiHeadAttention(
+            dim, cfg.num_heads, qkv_bias=cfg.qkv_bias,
+            attn_drop=cfg.attn_drop_rate, proj_drop=cfg.proj_drop_rate,
+        )
+        ls = cfg.layer_scale_init
+        self.ls1 = LayerScale(dim, ls) if ls is not None else nn.Identity()
+        self.drop_path1 = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), drop=cfg.proj_drop_rate)
+        self.ls2 = LayerScale(dim, ls) if ls is not None else nn.Identity()
+        self.drop_path2 = DropPath(drop_path)
+
+    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        attended = self.attn(self.norm1(x), need_weights=need_weights)
+        x = x + self.drop_path1(self.ls1(attended.x))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x, attended.weights
+
+
+def resample_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
+    """Bicubic (antialiased, as timm does) resize of patch position embeddings.
+
+    pos (1, Gh*Gw, D) on ``old_grid`` -> (1, Gh'*Gw', D) on ``new_grid``.
+    """
+    if old_grid == new_grid:
+        return pos
+    dim = pos.shape[-1]
+    grid = pos.float().reshape(1, *old_grid, dim).permute(0, 3, 1, 2)  # (1, D, Gh, Gw)
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", antialias=True)
+    return grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos.dtype)  # (1, Gh'*Gw', D)
+
+
+class ViT(nn.Module):
+    """Vision Transformer classifier.
+
+    ``model(images)`` -> logits (B, num_classes);
+    ``model(images, return_attention=True)`` -> (logits, weights), where ``weights`` is a
+    tuple of L tensors (B, Hd, N, N), one per block, each row summing to 1.
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.grid_size = cfg.grid_size
+        self.num_prefix_tokens = cfg.num_prefix_tokens
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.dim, pad=cfg.dynamic_img_pad)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.class_token else None
+        n_pos = self.grid_size[0] * self.grid_size[1] + (0 if cfg.no_embed_class else self.num_prefix_tokens)
+        self.pos_embed = nn.Parameter(torch.randn(1, n_pos, cfg.dim) * 0.02)
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
+        self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if not cfg.use_fc_norm else nn.Identity()
+        self.fc_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.use_fc_norm else nn.Identity()
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """timm-style init: truncated normal (std 0.02) for linear layers and tokens."""
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _pos_embed(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        cfg = self.config
+        n_prefix = 0 if cfg.no_embed_class else self.num_prefix_tokens
+        pos_prefix, pos = self.pos_embed[:, :n_prefix], self.pos_embed[:, n_prefix:]
+        pos = resample_pos_embed(pos, self.grid_size, grid)  # (1, Gh*Gw, D)
+        if self.cls_token is not None:
+            cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+            if cfg.no_embed_class:
+                return torch.cat([cls, x + pos], dim=1)  # (B, N, D)
+            x = torch.cat([cls, x], dim=1)  # (B, N, D)
+        return x + torch.cat([pos_prefix, pos], dim=1)
+
+    def forward_features(
+        self, images: Tensor, return_attention: bool = False
+    ) -> tuple[Tensor, tuple[Tensor, ...]]:
+        """images (B, C, H, W) -> tokens (B, N, D) after the final norm, and attention
+        weights per block (an empty tuple unless ``return_attention``)."""
+        x, grid = self.patch_embed(images)  # (B, Gh*Gw, D)
+        x = self.pos_drop(self._pos_embed(x, grid))  # (B, N, D)
+        weights = []
+        for block in self.blocks:
+            x, w = block(x, need_weights=return_attention)
+            if w is not None:
+                weights.append(w)
+        return self.norm(x), tuple(weights)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """tokens (B, N, D) -> logits (B, num_classes), or pooled features (B, D)."""
+        if self.config.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)  # (B, D)
+        else:
+            x = x[:, 0]  # (B, D)
+        x = self.head_drop(self.fc_norm(x))
+        return x if pre_logits else self.head(x)
+
+    def forward(
+        self, images: Tensor, return_attention: bool = False
+    ) -> Tensor | tuple[Tensor, tuple[Tensor, ...]]:
+        x, weights = self.forward_features(images, return_attention)
+        logits = self.forward_head(x)
+        return (logits, weights) if return_attention else logits
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a freshly initialised one for ``num_classes`` classes."""
+        self.config.num_classes = num_classes
+        self.head = nn.Linear(self.config.dim, num_classes) if num_classes > 0 else nn.Identity()
+        if isinstance(self.head, nn.Linear):
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
+
+    def set_image_size(self, image_size: int | tuple[int, int]) -> None:
+        """Rebuild the position embeddings for a new training resolution."""
+        new = ViTConfig(**{**self.config.to_dict(), "image_size": image_size})
+        n_prefix = 0 if new.no_embed_class else self.num_prefix_tokens
+        pos = self.pos_embed.data
+        resized = resample_pos_embed(pos[:, n_prefix:], self.grid_size, new.grid_size)
+        self.pos_embed = nn.Parameter(torch.cat([pos[:, :n_prefix], resized], dim=1))
+        self.config, self.grid_size = new, new.grid_size
+
+    @classmethod
+    def from_timm(cls, source: Any, **overrides: Any) -> ViT:
+        """Build a ViT from a timm ``VisionTransformer``, a timm state dict, or a path to a
+        timm checkpoint (``.pth``/``.bin``/``.safetensors``). See :mod:`vit.timm_weights`."""
+        from .timm_weights import vit_from_timm
+
+        return vit_from_timm(source, **overrides)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> ViT:
+        """Load this project's checkpoint, safetensors weights or a timm checkpoint."""
+        from .checkpoint import load_vit
+
+        return load_vit(path, **overrides)[0]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
