@@ -199,6 +199,46 @@ class MultiHeadAttention(nn.Module):
         return Attended(self.proj_drop(self.proj(out)), weights, new_cache)
 
 
+class SplitQKVAttention(nn.Module):
+    """Export-only layout of a trained self-attention :class:`MultiHeadAttention`: q, k and
+    v as separate projections and the scores scaled after the product -- the pattern
+    onnxruntime's transformer optimizer fuses into its ``Attention`` operator.
+
+    Same weights and the same function as the layer it is built from (the export's parity
+    check holds it to that); never trained. Shapes: B batch, N tokens, D width.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=qkv_bias) for _ in range(3))
+        self.proj = nn.Linear(dim, dim)
+
+    @classmethod
+    def from_fused(cls, attn: MultiHeadAttention) -> SplitQKVAttention:
+        if attn.cross:
+            raise ValueError("SplitQKVAttention is for self-attention layers")
+        dim = attn.proj.in_features
+        split = cls(dim, attn.num_heads, attn.qkv.bias is not None)
+        with torch.no_grad():
+            for i, linear in enumerate((split.q, split.k, split.v)):
+                linear.weight.copy_(attn.qkv.weight[i * dim:(i + 1) * dim])
+                if linear.bias is not None:
+                    linear.bias.copy_(attn.qkv.bias[i * dim:(i + 1) * dim])
+        split.proj = attn.proj
+        return split
+
+    def forward(self, x: Tensor, need_weights: bool = False) -> Attended:
+        b, n, d = x.shape
+        shape = (b, n, self.num_heads, self.head_dim)
+        q = self.q(x).view(shape).transpose(1, 2)  # (B, H, N, Dh)
+        k = self.k(x).view(shape).permute(0, 2, 3, 1)  # (B, H, Dh, N)
+        v = self.v(x).view(shape).transpose(1, 2)  # (B, H, N, Dh)
+        weights = (q @ k / self.head_dim**0.5).softmax(dim=-1)  # (B, H, N, N)
+        out = (weights @ v).transpose(1, 2).reshape(b, n, d)  # (B, N, D)
+        return Attended(self.proj(out), weights if need_weights else None, None)
+
+
 def _with_causal(mask: Tensor | None, causal: Tensor) -> Tensor:
     """Merge a causal (Tq, Tk) boolean mask into a boolean or additive mask."""
     if mask is None:

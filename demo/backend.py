@@ -1,0 +1,161 @@
+"""What the demo serves from: an exported ONNX file (the default, torch-free) or a PyTorch
+checkpoint (``.ckpt``/``.safetensors``, which adds class-specific maps).
+
+Both give the same :class:`ModelCard` and :class:`Analysis`; only
+:class:`TorchBackend` imports torch, and only when it is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from PIL import Image
+
+from vit.preprocess import Preprocess, preprocess_image
+
+CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
+
+
+@dataclass
+class ModelCard:
+    """What the model panel shows, and what the maps need to know about the token layout."""
+
+    path: Path
+    runtime: str
+    class_names: list[str]
+    preprocess: Preprocess
+    input_size: tuple[int, int]
+    grid: tuple[int, int]
+    num_prefix_tokens: int
+    pool: str
+    depth: int
+    num_heads: int
+    source: str
+    val_acc: float | None
+    has_attention: bool
+    class_specific: bool
+
+
+@dataclass
+class Analysis:
+    """One image through the model: top-k classes (best first), the attention weights
+    (L, H, N, N) when the model gives them, and for checkpoints the class-specific map
+    (Gh, Gw) of the top class."""
+
+    labels: list[str]
+    probs: list[float]
+    indices: list[int]
+    attention: np.ndarray | None
+    class_map: np.ndarray | None
+    pixels: np.ndarray  # the preprocessed input (3, H, W), kept to explain other classes
+
+    def scores(self) -> dict[str, float]:
+        """``{label: probability}`` for ``gr.Label``."""
+        return dict(zip(self.labels, self.probs, strict=True))
+
+
+class Backend(Protocol):
+    card: ModelCard
+
+    def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis: ...
+
+    def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None: ...
+
+
+def _describe_source(source: Any) -> str:
+    if isinstance(source, dict):
+        parts = [f"{k.replace('_', ' ')}: {v}" for k, v in source.items() if v]
+        return "; ".join(parts) or "unknown"
+    return str(source) if source else "unknown"
+
+
+class OnnxBackend:
+    """Serves an ONNX file through :class:`export.OnnxClassifier` (no torch)."""
+
+    def __init__(self, path: str | Path, providers: str | list[str] | None = None) -> None:
+        from export.classifier import OnnxClassifier
+
+        self.classifier = OnnxClassifier(path, providers=providers)
+        info = self.classifier.info
+        cfg = info.config
+        self.card = ModelCard(
+            path=Path(path), runtime="ONNX Runtime (" + ", ".join(self.classifier.providers) + ")",
+            class_names=list(info.class_names), preprocess=info.preprocess,
+            input_size=tuple(info.input_size), grid=tuple(info.grid),
+            num_prefix_tokens=info.num_prefix_tokens, pool=cfg.get("global_pool", "token"),
+            depth=int(cfg.get("depth", 0)), num_heads=int(cfg.get("num_heads", 0)),
+            source=_describe_source(info.source), val_acc=info.val_acc, has_attention=info.has_attention,
+            class_specific=False,
+        )
+
+    def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
+        pixels = self.classifier.preprocess(image)  # (1, 3, H, W)
+        [pred] = self.classifier.decode(self.classifier.predict_batch(pixels), top_k)
+        return Analysis(labels=pred.labels, probs=pred.probs, indices=list(pred.indices or []),
+                        attention=pred.attention, class_map=None, pixels=pixels[0])
+
+    def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None:
+        return None  # gradients need the PyTorch model
+
+
+class TorchBackend:
+    """Serves a project checkpoint through PyTorch and adds the gradient-weighted,
+    class-specific map of :mod:`demo.explain`."""
+
+    def __init__(self, path: str | Path) -> None:
+        import torch  # noqa: F401  (only here: the ONNX path never imports torch)
+
+        from vit.checkpoint import load_vit
+
+        self.model, record = load_vit(path)
+        if not record.get("class_names") or not record.get("preprocess"):
+            raise ValueError(
+                f"{path}: has no class names or preprocessing record (a timm checkpoint?); "
+                "serve a checkpoint written by vit-train, or its ONNX export"
+            )
+        cfg = self.model.config
+        self.card = ModelCard(
+            path=Path(path), runtime="PyTorch", class_names=list(record["class_names"]),
+            preprocess=Preprocess(**record["preprocess"]), input_size=cfg.image_hw, grid=cfg.grid_size,
+            num_prefix_tokens=cfg.num_prefix_tokens, pool=cfg.global_pool, depth=cfg.depth,
+            num_heads=cfg.num_heads, source=_describe_source(record.get("source")),
+            val_acc=record.get("val_acc"), has_attention=True, class_specific=True,
+        )
+
+    def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
+        import torch
+
+        from .explain import forward_with_attention
+
+        pixels = preprocess_image(image, self.card.preprocess)  # (3, H, W)
+        logits, attention = forward_with_attention(self.model, torch.from_numpy(pixels)[None])
+        probs = torch.softmax(logits.double(), dim=-1)[0]  # (K,)
+        top = torch.topk(probs, min(top_k, probs.numel()))
+        indices = [int(i) for i in top.indices]
+        return Analysis(
+            labels=[self.card.class_names[i] for i in indices], probs=[float(p) for p in top.values],
+            indices=indices, attention=attention[0], class_map=self.explain(pixels, indices[0]),
+            pixels=pixels,
+        )
+
+    def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None:
+        import torch
+
+        from .explain import class_relevance
+
+        return class_relevance(self.model, torch.from_numpy(pixels)[None], class_index)[0]  # (Gh, Gw)
+
+
+def load_backend(path: str | Path) -> OnnxBackend | TorchBackend:
+    """``.onnx`` -> :class:`OnnxBackend`; ``.ckpt``/``.safetensors`` -> :class:`TorchBackend`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file")
+    if path.suffix == ".onnx":
+        return OnnxBackend(path)
+    if path.suffix in CHECKPOINT_SUFFIXES:
+        return TorchBackend(path)
+    raise ValueError(f"{path}: expected an .onnx file or a .ckpt/.safetensors checkpoint")

@@ -1,0 +1,121 @@
+"""The demo's work, without the page: read an upload safely, run the model once, and draw
+any requested view of the stored attention without running the model again.
+
+Gradio-free except for :class:`UploadError` messages, which the app turns into ``gr.Error``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from export.images import ImageLoadError, load_image
+from vit.preprocess import to_rgb
+from vit.rollout import attention_rollout, raw_attention
+
+from .backend import Analysis, Backend, ModelCard
+from .overlay import Box, crop_box, display_copy, draw_overlay, scale_box
+
+logger = logging.getLogger(__name__)
+
+MAX_PIXELS = 40_000_000  # 40 megapixels: a large phone photo is ~12-50 MP; bombs are refused unread
+VIEWS = ("Attention rollout", "Raw attention (one layer)")
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+class UploadError(ValueError):
+    """An upload that cannot be classified; the message is for the person who sent it."""
+
+
+def open_upload(payload: Any, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A Gradio image payload (``{"path": ..., "orig_name": ...}``, a path or a PIL image)
+    -> RGB PIL image, fully decoded. Raises :class:`UploadError` with a readable message."""
+    if isinstance(payload, Image.Image):
+        return to_rgb(payload)
+    if isinstance(payload, dict):
+        path, name = payload.get("path"), payload.get("orig_name")
+    else:
+        path, name = payload, None
+    if not path:
+        raise UploadError("No image received: upload, paste or take a picture first.")
+    name = name or Path(str(path)).name
+    try:
+        image = load_image(path, max_pixels=max_pixels)
+    except ImageLoadError as exc:
+        reason = str(exc).removeprefix(str(path)).lstrip(": ").strip()
+        raise UploadError(f"Cannot use {name!r}: {reason}.") from exc
+    try:
+        return to_rgb(image)
+    except (OSError, ValueError) as exc:
+        raise UploadError(f"Cannot use {name!r}: unsupported image mode {image.mode} ({exc}).") from exc
+
+
+@dataclass
+class Session:
+    """What one person's analysed image leaves behind (kept in ``gr.State``): the display
+    copy of the photo, the model's view box on it, and the model's outputs."""
+
+    photo: Image.Image
+    box: Box
+    analysis: Analysis
+
+    @property
+    def attention(self) -> np.ndarray | None:
+        return self.analysis.attention
+
+
+@dataclass
+class ViewSettings:
+    """The map controls."""
+
+    view: str = VIEWS[0]
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+    start_layer: int = 0
+    layer: int = -1
+    head: str = "mean"  # "mean" or a head index as text
+    opacity: float = 0.5
+
+
+def analyze(backend: Backend, image: Image.Image) -> Session:
+    """Run the model once on an RGB image."""
+    analysis = backend.analyze(image, top_k=5)
+    photo, scale = display_copy(image)
+    return Session(photo=photo, box=scale_box(crop_box(image.size, backend.card.preprocess), scale),
+                   analysis=analysis)
+
+
+def relevance(card: ModelCard, session: Session, settings: ViewSettings) -> np.ndarray | None:
+    """The (Gh, Gw) map for ``settings`` from the stored attention (None without attention)."""
+    weights = session.attention
+    if weights is None:
+        return None
+    layout = dict(num_prefix_tokens=card.num_prefix_tokens, grid=card.grid, pool=card.pool)
+    depth, heads = weights.shape[0], weights.shape[1]
+    if settings.view == VIEWS[1]:
+        layer = min(max(int(settings.layer), -depth), depth - 1)
+        head = None if settings.head in (None, "mean") else min(int(settings.head), heads - 1)
+        return raw_attention(weights[None], layer, head, **layout)[0]
+    start = min(max(int(settings.start_layer), 0), depth - 1)
+    return attention_rollout(weights[None], head_fusion=settings.head_fusion,
+                             discard_ratio=float(settings.discard_ratio), start_layer=start, **layout)[0]
+
+
+def render(card: ModelCard, session: Session, settings: ViewSettings) -> Image.Image:
+    """The photo with the chosen map drawn over the model's view (the photo alone when the
+    model has no attention output)."""
+    relevance_map = relevance(card, session, settings)
+    if relevance_map is None:
+        return session.photo
+    return draw_overlay(session.photo, relevance_map, session.box, opacity=float(settings.opacity))
+
+
+def render_class_map(session: Session, class_map: np.ndarray | None, opacity: float) -> Image.Image | None:
+    if class_map is None:
+        return None
+    return draw_overlay(session.photo, class_map, session.box, opacity=float(opacity))

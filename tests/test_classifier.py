@@ -1,0 +1,201 @@
+"""OnnxClassifier: torch-free serving API, preprocessing parity, image modes, bad models."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_export_fixtures import (  # noqa: F401  (fixtures)
+    TINY,
+    tiny_checkpoint,
+    tiny_data,
+    tiny_onnx,
+    tiny_onnx_attention,
+)
+
+from export.classifier import OnnxClassifier, Prediction, resolve_providers
+from vit.preprocess import Preprocess, preprocess_image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_onnx):  # noqa: F811
+    return OnnxClassifier(tiny_onnx)
+
+
+def _photo(size=(48, 40), seed=0) -> Image.Image:
+    """A smooth RGB test picture (gradients + a disc), so resizing is well defined."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[:h, :w]
+    img = np.stack([xx * 255 // w, yy * 255 // h, np.full((h, w), 90)], -1).astype(np.uint8)
+    img[(yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (min(w, h) // 4) ** 2] = rng.integers(150, 255, 3)
+    return Image.fromarray(img)
+
+
+def test_info_describes_the_model(clf):
+    info = clf.info
+    assert info.class_names == ["circle", "square", "stripes"]
+    assert info.preprocess == Preprocess() and info.input_size == (32, 32)
+    assert info.grid == (4, 4) and info.num_prefix_tokens == 1 and not info.has_attention
+    assert info.config["dim"] == TINY["dim"] and 0.0 <= info.val_acc <= 1.0
+    assert info.source["checkpoint"].endswith("tiny.ckpt") and info.variant == "fp32"
+    assert clf.providers == ["CPUExecutionProvider"]
+
+
+def test_predict_accepts_pil_arrays_and_paths_alike(clf, tiny_data):  # noqa: F811
+    path = sorted((tiny_data / "square").glob("*.png"))[0]
+    image = Image.open(path)
+    by_path, by_pil, by_array = clf.predict([path, image, np.asarray(image)], top_k=2)
+    for pred in (by_path, by_pil, by_array):
+        assert isinstance(pred, Prediction) and len(pred.labels) == 2 and pred.attention is None
+        assert pred.labels == by_path.labels and pred.logits.shape == (3,)
+        np.testing.assert_allclose(pred.probs, by_path.probs, rtol=1e-6)
+    assert by_path.probs[0] >= by_path.probs[1] and sum(by_path.probs) <= 1 + 1e-6
+    assert by_path.labels[0] == clf.info.class_names[int(by_path.logits.argmax())]
+    (single,) = clf.predict(str(path), top_k=10)  # one image, k capped at the class count
+    assert len(single.labels) == 3 and abs(sum(single.probs) - 1) < 1e-6
+
+
+def test_predict_batches_agree_with_one_by_one(clf, tiny_data):  # noqa: F811
+    paths = sorted(tiny_data.rglob("*.png"))[:7]
+    together = clf.predict(paths, batch_size=3)
+    alone = [clf.predict(p)[0] for p in paths]
+    for a, b in zip(together, alone, strict=True):
+        np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
+    batch = clf.preprocess(paths)
+    assert batch.shape == (7, 3, 32, 32) and batch.dtype == np.float32
+    assert set(clf.predict_batch(batch)) == {"logits"}
+    with pytest.raises(ValueError, match=r"expected a \(B, 3, 32, 32\) batch"):
+        clf.predict_batch(batch[:, :, :16])
+
+
+def test_attention_model_returns_attention_per_image(tiny_onnx_attention, tiny_data):  # noqa: F811
+    clf = OnnxClassifier(tiny_onnx_attention)
+    assert clf.info.has_attention
+    preds = clf.predict(sorted(tiny_data.rglob("*.png"))[:2])
+    assert all(p.attention.shape == (TINY["depth"], TINY["num_heads"], 17, 17) for p in preds)
+    np.testing.assert_allclose(preds[0].attention.sum(-1), 1.0, atol=1e-5)  # rows sum to 1
+
+
+@pytest.mark.parametrize("size,spec", [((48, 40), Preprocess()), ((37, 61), Preprocess(resize_size=36)),
+                                       ((64, 64), Preprocess(resize_size=40, interpolation="bicubic")),
+                                       ((32, 32), Preprocess())])
+def test_preprocessing_equals_torchvision_v2(size, spec):
+    import torch
+    from torchvision.transforms import InterpolationMode, v2
+
+    mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[spec.interpolation]
+    tv = v2.Compose([v2.Resize(spec.resize_size, interpolation=mode, antialias=True),
+                     v2.CenterCrop(spec.crop_size), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize(spec.mean, spec.std)])
+    image = _photo(size)
+    ours = preprocess_image(image, spec)
+    theirs = tv(image).numpy()
+    assert ours.shape == theirs.shape == (3, spec.crop_size, spec.crop_size)
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)  # same PIL resize: rounding-level only
+
+
+def _saved(image: Image.Image, fmt: str, **kwargs) -> Image.Image:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **kwargs)
+    return Image.open(io.BytesIO(buf.getvalue()))
+
+
+def test_image_modes_are_handled_as_a_viewer_shows_them(clf, tmp_path):
+    rgb = _photo()
+    spec = clf.info.preprocess
+    prep = lambda img: clf.preprocess(img)[0]
+    gray = rgb.convert("L")
+    np.testing.assert_allclose(prep(gray), prep(gray.convert("RGB")))  # gray: three equal channels
+    assert np.allclose(prep(gray)[0] * spec.std[0] + spec.mean[0], prep(gray)[1] * spec.std[1] + spec.mean[1])
+    rgba = rgb.convert("RGBA")
+    alpha = np.full(rgba.size[::-1], 255, np.uint8)
+    alpha[:, :10] = 0  # a transparent strip shows the white background
+    rgba.putalpha(Image.fromarray(alpha))
+    on_white = np.asarray(rgb).copy()
+    on_white[:, :10] = 255
+    np.testing.assert_allclose(prep(rgba), prep(Image.fromarray(on_white)), atol=1e-6)
+    palette = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    np.testing.assert_allclose(prep(palette), prep(palette.convert("RGB")))
+    cmyk = _saved(rgb.convert("CMYK"), "JPEG", quality=95)
+    assert cmyk.mode == "CMYK"
+    np.testing.assert_allclose(prep(cmyk), prep(cmyk.convert("RGB")))
+    assert np.abs(prep(cmyk) - prep(rgb)).mean() < 0.1  # close to the original colours
+    wide = (np.asarray(gray).astype(np.uint16) * 257)  # 16-bit: 0..65535
+    sixteen = _saved(Image.fromarray(wide), "PNG")
+    assert sixteen.mode.startswith("I")
+    np.testing.assert_allclose(prep(sixteen), prep(gray), atol=1.5 / 255 / min(spec.std))
+
+
+def test_exif_rotation_is_applied(clf, tmp_path):
+    upright = _photo((40, 56))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # camera sensor order
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    path = tmp_path / "rotated.jpg"
+    stored.save(path, quality=100, exif=exif)
+    shown = clf.preprocess(path)[0]
+    pixels = Image.fromarray(np.asarray(Image.open(path)))  # decoded pixels, EXIF dropped
+    expected = clf.preprocess(pixels.transpose(Image.Transpose.ROTATE_270))[0]  # 90 degrees clockwise
+    np.testing.assert_allclose(shown, expected, atol=1e-6)
+    assert np.abs(shown - clf.preprocess(upright)[0]).mean() < 0.05  # only JPEG loss
+    assert np.abs(shown - clf.preprocess(pixels)[0]).mean() > 0.3  # not the sensor order
+
+
+def test_bad_arrays_and_types_are_refused(clf):
+    with pytest.raises(ValueError, match="uint8 image array"):
+        clf.predict(np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(TypeError, match="cannot classify a int"):
+        clf.predict([3])
+    (pred,) = clf.predict(np.zeros((20, 30), np.uint8))  # a grayscale array is fine
+    assert len(pred.labels) == 3
+
+
+def test_corrupt_or_foreign_onnx_files_fail_at_load(tmp_path, tiny_onnx):  # noqa: F811
+    data = tiny_onnx.read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.onnx").write_text("not a model")
+    for name in ("cut.onnx", "text.onnx"):
+        with pytest.raises(ValueError, match=rf"{name}: not a loadable ONNX model"):
+            OnnxClassifier(tmp_path / name)
+    with pytest.raises(FileNotFoundError, match="missing.onnx: no such ONNX model file"):
+        OnnxClassifier(tmp_path / "missing.onnx")
+    import onnx
+
+    bare = onnx.load(str(tiny_onnx))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    with pytest.raises(ValueError, match="bare.onnx: missing ONNX metadata"):
+        OnnxClassifier(tmp_path / "bare.onnx")
+
+
+def test_unavailable_provider_falls_back_to_cpu(tiny_onnx, caplog):  # noqa: F811
+    assert resolve_providers(None) == ["CPUExecutionProvider"]
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    clf = OnnxClassifier(tiny_onnx, providers=["NoSuchExecutionProvider"])
+    assert clf.providers == ["CPUExecutionProvider"]
+    assert "NoSuchExecutionProvider is not available" in caplog.text
+
+
+def test_serving_path_never_imports_torch(tiny_onnx, tiny_data, tmp_path):  # noqa: F811
+    image = sorted(tiny_data.rglob("*.png"))[0]
+    code = f"""
+import sys
+from export import OnnxClassifier, read_metadata
+from export.predict import main
+clf = OnnxClassifier({str(tiny_onnx)!r})
+assert clf.predict([{str(image)!r}])[0].labels
+assert read_metadata({str(tiny_onnx)!r}).class_names
+assert main(["--model", {str(tiny_onnx)!r}, {str(image)!r}, "-o", {str(tmp_path / "p.csv")!r}]) == 0
+bad = [m for m in sys.modules if m == "torch" or m.startswith(("torch.", "torchvision", "timm"))]
+assert not bad, bad
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
