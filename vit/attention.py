@@ -137,6 +137,14 @@ class MultiHeadAttention(nn.Module):
         b, t_len, _ = t.shape
         return t.view(b, t_len, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
 
+    def project_context(self, context: Tensor) -> KVCache:
+        """Cross-attention only: the context's projected keys and values (B, H, Tk, Dh),
+        to pass back as ``cache`` on every later call."""
+        if not self.cross:
+            raise ValueError("project_context applies to cross-attention layers only")
+        k, v = self._heads(self.kv(context), 2)  # (B, H, Tk, Dh) each
+        return KVCache(k, v)
+
     def forward(
         self,
         x: Tensor,
@@ -167,7 +175,7 @@ class MultiHeadAttention(nn.Module):
             else:
                 if context is None:
                     raise ValueError("cross-attention needs a context or a cache")
-                k, v = self._heads(self.kv(context), 2)  # (B, H, Tk, Dh) each
+                k, v = self.project_context(context)
             if causal:
                 raise ValueError("causal masking applies to self-attention only")
         else:

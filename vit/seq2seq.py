@@ -346,12 +346,8 @@ class Seq2Seq(nn.Module):
 
     def project_memory(self, encoded: Encoded) -> tuple[KVCache, ...]:
         """The cross-attention K/V (B, H, S, Dh) of every decoder layer, for exporters that
-        compute them once next to the encoder. The attention core returns the projected
-        context as its cache; the one-query output that comes with it is discarded."""
-        probe = encoded.memory[:, :1]  # (B, 1, D)
-        return tuple(
-            layer.cross_attn(probe, encoded.memory, use_cache=True).cache for layer in self.decoder
-        )
+        compute them once next to the encoder."""
+        return tuple(layer.cross_attn.project_context(encoded.memory) for layer in self.decoder)
 
 
 # -- checkpoints ---------------------------------------------------------------------------
