@@ -1,0 +1,115 @@
+"""The translation LightningModule: trains, checkpoints (weights_only loadable, carrying the
+tokenizer), resumes, and the schedules."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from test_translation_data import write_corpus
+
+from training.text_data import TextDataModule
+from training.translation import TranslationModule, WarmupInverseSqrt
+from vit.seq2seq import load_seq2seq
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = dict(vocab_size=60, max_tokens=256, max_sentence_len=30)
+
+TINY = dict(dim=32, num_heads=4, enc_depth=1, dec_depth=1, mlp_ratio=2.0, dropout=0.0, max_len=32, lr=3e-3,
+            warmup_steps=5)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def trainer(root: Path, **kw) -> L.Trainer:
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
+    return L.Trainer(default_root_dir=root, accelerator="cpu", logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=[ckpt], num_sanity_val_steps=0, **kw)
+
+
+def test_fit_checkpoint_load_and_resume(tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path / "data", n_train=120, n_val=10)
+    dm = TextDataModule(**paths, **DATA, tokenizer_dir=str(tmp_path / "tok"))
+    module = TranslationModule(**TINY)
+    t = trainer(tmp_path, max_epochs=2)
+    t.fit(module, dm)
+    assert math.isfinite(float(t.callback_metrics["val_loss"]))
+    assert 0.0 <= float(t.callback_metrics["val_bleu"]) <= 100.0
+    last = tmp_path / "ckpt" / "last.ckpt"
+    raw = torch.load(last, map_location="cpu", weights_only=True)
+    assert raw["seq2seq"]["config"]["dim"] == 32
+    assert raw["hyper_parameters"]["seq2seq"]["tgt_vocab_size"] == dm.tokenizers.tgt.get_vocab_size()
+    assert (tmp_path / "ckpt" / "tokenizer.json").is_file()  # beside the checkpoints
+
+    model, record = load_seq2seq(last)
+    assert record["src_tokenizer"] == dm.tokenizers.src.to_str() and record["tgt_tokenizer"] is None
+    batch = next(iter(dm.val_dataloader()))
+    module.eval()
+    torch.testing.assert_close(model(batch["src"], batch["tgt_in"]), module(batch["src"], batch["tgt_in"]))
+
+    restored = TranslationModule.load_from_checkpoint(last, weights_only=True)
+    assert restored.model.config == module.model.config
+    assert restored.translate_ids(batch["src"][:2]) == module.translate_ids(batch["src"][:2])
+
+    steps = t.global_step
+    t2 = trainer(tmp_path, max_epochs=3)
+    t2.fit(TranslationModule(**TINY), TextDataModule(**paths, **DATA, tokenizer_dir=str(tmp_path / "tok")),
+           ckpt_path=last)
+    assert t2.global_step == steps * 3 // 2
+
+
+def test_resume_refuses_a_different_tokenizer(tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path / "data", n_train=60, n_val=5)
+    t = trainer(tmp_path, max_steps=2, limit_val_batches=0)
+    t.fit(TranslationModule(**TINY), TextDataModule(**paths, **DATA))
+    other = TextDataModule(**paths, **{**DATA, "vocab_size": 50})
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        trainer(tmp_path, max_steps=4).fit(TranslationModule(**TINY), other,
+                                           ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+
+
+def test_learns_the_toy_language(tmp_path: Path) -> None:
+    """A hundred steps on the toy pairs give a validation BLEU far above chance."""
+    paths = write_corpus(tmp_path / "data", n_train=200, n_val=20)
+    dm = TextDataModule(**paths, vocab_size=60, max_tokens=800, max_sentence_len=30)
+    module = TranslationModule(**{**TINY, "dec_depth": 2, "lr": 1e-2, "schedule": "inverse_sqrt",
+                                  "label_smoothing": 0.0})
+    t = trainer(tmp_path, max_epochs=20, check_val_every_n_epoch=20)
+    t.fit(module, dm)
+    assert float(t.callback_metrics["val_bleu"]) > 60.0
+
+
+def test_schedules_and_argument_errors() -> None:
+    f = WarmupInverseSqrt(100)
+    assert f(0) == pytest.approx(0.01) and f(99) == pytest.approx(1.0)
+    assert f(399) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="schedule"):
+        TranslationModule(schedule="linear")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        TranslationModule(label_smoothing=1.0)
+
+
+def test_multi30k_config_runs_through_vit_train(tmp_path: Path) -> None:
+    """The shipped YAML parses into these classes and trains (fast_dev_run, toy data)."""
+    from training.cli import main
+
+    paths = write_corpus(tmp_path / "data", n_train=60, n_val=8)
+    data = [f"--data.{k}={v}" for k, v in paths.items()]
+    config = tmp_path / "multi30k.yaml"  # the shipped file, writing under tmp_path instead of runs/
+    text = (REPO / "training/configs/multi30k.yaml").read_text(encoding="utf-8")
+    config.write_text(text.replace("runs/multi30k", str(tmp_path / "run")), encoding="utf-8")
+    main(["fit", "--config", str(config), *data,
+          "--data.vocab_size=60", f"--data.tokenizer_dir={tmp_path / 'tok'}", "--model.dim=32",
+          "--model.enc_depth=1", "--model.dec_depth=1", "--trainer.fast_dev_run=2", "--trainer.precision=32",
+          f"--trainer.default_root_dir={tmp_path}"])
+    assert (tmp_path / "tok" / "tokenizer.json").is_file()
+    assert (tmp_path / "run" / "checkpoints" / "tokenizer.json").is_file()

@@ -1,0 +1,159 @@
+"""Parallel text: reading, clear errors, the subword tokenizer, length-bucketed batches."""
+
+from __future__ import annotations
+
+import gzip
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.text_data import (
+    EOS,
+    SPECIAL_TOKENS,
+    Collate,
+    TextDataError,
+    TextDataModule,
+    TextTokenizers,
+    TokenBatchSampler,
+    read_lines,
+    read_parallel,
+    train_tokenizer,
+)
+
+# A toy language pair: German-like and English-like words, one to one, so that a tiny
+# model can learn to translate it.
+LEXICON = {
+    "ein": "a", "der": "the", "hund": "dog", "katze": "cat", "mann": "man", "frau": "woman",
+    "kind": "child", "läuft": "runs", "springt": "jumps", "schläft": "sleeps", "sitzt": "sits",
+    "schnell": "quickly", "hier": "here", "dort": "there", "rot": "red", "groß": "big",
+}
+DETS, NOUNS = ("ein", "der"), ("hund", "katze", "mann", "frau", "kind")
+VERBS, ADVS, ADJS = ("läuft", "springt", "schläft", "sitzt"), ("schnell", "hier", "dort"), ("rot", "groß")
+
+
+def toy_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        words = [rng.choice(DETS)]
+        if rng.random() < 0.4:
+            words.append(rng.choice(ADJS))
+        words += [rng.choice(NOUNS), rng.choice(VERBS)]
+        if rng.random() < 0.5:
+            words.append(rng.choice(ADVS))
+        de = " ".join(words)
+        en = " ".join(LEXICON[w] for w in words)
+        pairs.append((de.capitalize() + ".", en.capitalize() + "."))
+    return pairs
+
+
+def write_corpus(root: Path, n_train: int = 200, n_val: int = 20, gz: bool = True) -> dict[str, str]:
+    """``train.de(.gz)`` etc. under ``root``; returns TextDataModule path arguments."""
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for split, n, seed in (("train", n_train, 0), ("val", n_val, 1)):
+        pairs = toy_pairs(n, seed)
+        for side, lang in ((0, "de"), (1, "en")):
+            text = "".join(p[side] + "\n" for p in pairs)
+            path = root / (f"{split}.{lang}.gz" if gz else f"{split}.{lang}")
+            if gz:
+                with gzip.open(path, "wt", encoding="utf-8") as f:
+                    f.write(text)
+            else:
+                path.write_text(text, encoding="utf-8")
+            paths[f"{split}_{'src' if lang == 'de' else 'tgt'}"] = str(path)
+    return paths
+
+
+def test_read_lines_plain_and_gzip(tmp_path: Path) -> None:
+    plain, gz = write_corpus(tmp_path / "p", gz=False), write_corpus(tmp_path / "g", gz=True)
+    assert read_lines(plain["train_src"]) == read_lines(gz["train_src"])
+    assert len(read_lines(gz["train_src"])) == 200
+
+
+def test_missing_file_and_mismatched_counts_name_the_files(tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path)
+    with pytest.raises(TextDataError, match=r"nope\.de: no such file"):
+        read_parallel(tmp_path / "nope.de", paths["train_tgt"])
+    with pytest.raises(TextDataError, match=r"train\.de\.gz has 200 lines, .*val\.en\.gz has 20"):
+        read_parallel(paths["train_src"], paths["val_tgt"])
+    bad = tmp_path / "bad.de"
+    bad.write_bytes(b"\xff\xfe\x00 not utf-8 \xc3\x28\n")
+    with pytest.raises(TextDataError, match=r"bad\.de: not readable UTF-8"):
+        read_lines(bad)
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram"])
+def test_tokenizer_special_tokens_eos_and_round_trip(kind: str) -> None:
+    lines = [s for pair in toy_pairs(100) for s in pair]
+    tok = train_tokenizer(lines, kind=kind, vocab_size=60)
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
+    enc = tok.encode("Der hund läuft schnell.")
+    assert enc.tokens[-1] == EOS
+    assert tok.decode(enc.ids, skip_special_tokens=True) == "Der hund läuft schnell."
+    weird = tok.encode("Der Hund ☃ läuft 日本!")  # characters never seen in training
+    assert tok.token_to_id("<unk>") in weird.ids or kind == "unigram"
+    assert weird.ids[-1] == tok.token_to_id(EOS)
+
+
+def test_token_batch_sampler_covers_all_within_budget_with_little_padding() -> None:
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 40, size=500)
+    sampler = TokenBatchSampler(lengths, max_tokens=200, shuffle=True, seed=1)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert len(batches) == len(sampler)
+    assert all(len(b) * lengths[b].max() <= 200 for b in batches)
+    assert sampler.padding_fraction() < 0.05
+    sampler.set_epoch(1)
+    assert list(sampler) != batches and len(list(sampler)) == len(batches)
+    sampler.set_epoch(0)
+    assert list(sampler) == batches
+    long = TokenBatchSampler([5, 500, 5], max_tokens=100, shuffle=False)
+    assert [1] in list(long)  # longer than the budget: a batch of its own
+    with pytest.raises(TextDataError, match="max_tokens"):
+        TokenBatchSampler([3], max_tokens=0, shuffle=False)
+
+
+def test_collate_shifts_targets() -> None:
+    collate = Collate(pad_id=0, bos_id=1)
+    batch = collate([(np.array([5, 6, 2]), np.array([7, 8, 9, 2]), "a"),
+                     (np.array([5, 2]), np.array([7, 2]), "b")])
+    assert batch["src"].tolist() == [[5, 6, 2], [5, 2, 0]]
+    assert batch["tgt_in"].tolist() == [[1, 7, 8, 9], [1, 7, 0, 0]]
+    assert batch["tgt_out"].tolist() == [[7, 8, 9, 2], [7, 2, 0, 0]]
+    assert batch["refs"] == ["a", "b"]
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_data_module_builds_saves_and_reloads_tokenizers(tmp_path: Path, joint: bool) -> None:
+    paths = write_corpus(tmp_path / "data")
+    tok_dir = tmp_path / "tok"
+    dm = TextDataModule(**paths, vocab_size=80, joint_vocab=joint, tokenizer_dir=str(tok_dir), max_tokens=64)
+    dm.setup("fit")
+    assert dm.tokenizers.joint is joint
+    names = {"tokenizer.json"} if joint else {"src_tokenizer.json", "tgt_tokenizer.json"}
+    assert {p.name for p in tok_dir.iterdir()} == names
+    assert dm.special_ids == {"pad_id": 0, "bos_id": 1, "eos_id": 2}
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["src"].dtype == torch.long and batch["src"].numel() <= 2 * 64
+    assert torch.all(batch["tgt_in"][:, 0] == 1)
+    assert len(dm.val_set) == 20
+    again = TextDataModule(**paths, vocab_size=80, joint_vocab=joint, tokenizer_dir=str(tok_dir))
+    again.setup("fit")
+    assert again.tokenizers.to_record() == dm.tokenizers.to_record()
+    assert TextTokenizers.from_record(dm.tokenizers.to_record()).joint is joint
+    other = TextDataModule(**paths, vocab_size=80, joint_vocab=not joint, tokenizer_dir=str(tok_dir))
+    with pytest.raises(TextDataError, match="joint_vocab"):
+        other.setup("fit")
+
+
+def test_data_module_argument_errors(tmp_path: Path) -> None:
+    with pytest.raises(TextDataError, match="tokenizer must be 'bpe' or 'unigram'"):
+        TextDataModule(tokenizer="wordpiece")
+    dm = TextDataModule(train_src=str(tmp_path / "missing.de"), train_tgt=str(tmp_path / "missing.en"))
+    with pytest.raises(TextDataError, match=r"missing\.de: no such file"):
+        dm.setup("fit")

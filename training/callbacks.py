@@ -1,0 +1,77 @@
+"""Callbacks that Lightning does not ship: throughput on the progress bar, and a CSV
+writer for ``vit-train predict``."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch import Tensor
+
+
+def batch_size_of(batch: Any) -> int:
+    """Samples in a batch: the leading size of its first tensor."""
+    while isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    if isinstance(batch, dict) and batch:
+        return batch_size_of(next(iter(batch.values())))
+    return int(batch.shape[0]) if isinstance(batch, Tensor) and batch.dim() > 0 else 0
+
+
+class Throughput(L.Callback):
+    """Logs training samples per second (``<unit>/s``, e.g. ``img/s``) on the progress bar
+    and to the loggers, measured over the last ``window`` batches of the current epoch.
+
+    Lightning's ``ThroughputMonitor`` logs only to loggers and needs a batch-size function
+    in code; this one works from YAML for any batch whose first tensor is batch-major.
+    """
+
+    def __init__(self, unit: str = "img", window: int = 20) -> None:
+        self.key = f"{unit}/s"
+        self.window = max(1, window)
+        self._times: list[float] = []
+        self._sizes: list[int] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._times, self._sizes = [time.perf_counter()], []
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self._times.append(time.perf_counter())
+        self._sizes.append(batch_size_of(batch))
+        self._times, self._sizes = self._times[-self.window - 1:], self._sizes[-self.window:]
+        elapsed = self._times[-1] - self._times[0]
+        if elapsed > 0:
+            pl_module.log(self.key, sum(self._sizes) / elapsed, prog_bar=True, on_step=True, on_epoch=False)
+
+
+class PredictionCSV(BasePredictionWriter):
+    """Writes ``vit-train predict`` results to a CSV file: ``path,label,probability`` (top-1),
+    atomically. Paths come from the data module's ``predict_paths()`` when it has one."""
+
+    def __init__(self, output: str = "predictions.csv") -> None:
+        super().__init__(write_interval="epoch")
+        self.output = Path(output)
+
+    def write_on_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Any,
+                           batch_indices: Any) -> None:
+        probs = torch.cat([p for p in predictions if isinstance(p, Tensor)]) if predictions else None
+        if probs is None or probs.numel() == 0:
+            return
+        paths_fn = getattr(trainer.datamodule, "predict_paths", None)
+        paths = paths_fn() if callable(paths_fn) else [str(i) for i in range(len(probs))]
+        names = getattr(pl_module, "class_names", None) or [str(i) for i in range(probs.shape[1])]
+        confidence, index = probs.max(dim=1)
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.output.with_name(self.output.name + ".tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "probability"])
+            for path, i, p in zip(paths, index.tolist(), confidence.tolist(), strict=True):
+                writer.writerow([path, names[i], f"{p:.6f}"])
+        tmp.replace(self.output)

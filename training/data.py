@@ -1,0 +1,250 @@
+"""ImageFolder scanning, the deterministic train/val split and the decode-once image cache.
+
+An ImageFolder is ``root/<class>/<image>``; class names are the sorted sub-folder names.
+Images are decoded with PIL exactly as :func:`vit.preprocess.preprocess_image` does
+(``to_rgb`` then ``resize_and_crop``) into uint8 (3, S, S) arrays, S = ``crop_size``;
+normalization happens later, on whole batches.
+
+The cache holds every decodable image of a folder as one uint8 tensor (N, 3, S, S). Its
+file name is a hash of the folder's file list (relative paths, sizes, mtimes) and of the
+geometry of the preprocessing, so any change to the folder or to the image size makes a
+new one; it is written atomically (tmp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from vit.preprocess import Preprocess, resize_and_crop, to_rgb
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+CACHE_VERSION = 1
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class DataError(ValueError):
+    """A data folder that cannot be trained on; the message is one line naming the folder."""
+
+
+@dataclass
+class FolderIndex:
+    """The image files of an ImageFolder, their class indices and the class names."""
+
+    root: Path
+    files: list[Path]
+    labels: list[int]
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def select(self, keep: Sequence[int]) -> FolderIndex:
+        return FolderIndex(self.root, [self.files[i] for i in keep], [self.labels[i] for i in keep],
+                           self.class_names)
+
+
+def resolve_root(root: str | Path) -> Path:
+    """An existing folder: ``root`` itself, or, for a relative path that does not exist from
+    the current directory, the same path taken from the repository root."""
+    path = Path(root).expanduser()
+    if path.is_dir():
+        return path
+    if not path.is_absolute() and (REPO_ROOT / path).is_dir():
+        return (REPO_ROOT / path).resolve()
+    where = f"{path.resolve()}" + ("" if path.is_absolute() else f" or {(REPO_ROOT / path).resolve()}")
+    raise DataError(f"data folder {root!r} not found (looked at {where})")
+
+
+def list_classes(root: Path) -> list[str]:
+    """Sorted class folder names; a clear error for an empty folder or a single class."""
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders (expected ImageFolder layout root/<class>/<image>)")
+    if len(classes) == 1:
+        raise DataError(f"{root}: only one class folder ({classes[0]!r}); a classifier needs at least two")
+    return classes
+
+
+def scan_folder(root: str | Path, limit_per_class: int | None = None) -> FolderIndex:
+    """Index ``root/<class>/<image>``. Files without an image extension are skipped with a
+    warning naming them; an empty folder, a single class or a class without images is an error.
+    ``limit_per_class`` keeps the first N files (by name) of every class."""
+    root = resolve_root(root)
+    class_names = list_classes(root)
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(class_names):
+        entries = sorted((e for e in os.scandir(root / name) if e.is_file()), key=lambda e: e.name)
+        kept = []
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            if not e.name.lower().endswith(IMAGE_EXTENSIONS):
+                log.warning("skipping %s: not an image file (extension %r)", e.path, Path(e.name).suffix)
+                continue
+            kept.append(Path(e.path))
+        if limit_per_class is not None:
+            kept = kept[:limit_per_class]
+        if not kept:
+            raise DataError(f"{root / name}: class folder has no image files")
+        files += kept
+        labels += [label] * len(kept)
+    return FolderIndex(root, files, labels, class_names)
+
+
+def split_indices(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic stratified split: from every class, a seeded random ``val_fraction`` of
+    its images (at least one when the fraction is positive) goes to validation."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    labels_arr = np.asarray(labels)
+    train, val = [], []
+    for label in np.unique(labels_arr):
+        members = np.flatnonzero(labels_arr == label)
+        members = members[rng.permutation(len(members))]
+        n_val = 0 if val_fraction == 0 else max(1, int(round(val_fraction * len(members))))
+        if n_val >= len(members):
+            raise DataError(f"class {int(label)} has {len(members)} image(s): too few to hold out "
+                            f"{val_fraction:.0%} for validation")
+        val += members[:n_val].tolist()
+        train += members[n_val:].tolist()
+    return sorted(train), sorted(val)
+
+
+def load_image(path: Path, spec: Preprocess) -> np.ndarray:
+    """uint8 (3, S, S): decode, convert to RGB, resize and center-crop as validation does."""
+    with Image.open(path) as image:
+        rgb = np.asarray(resize_and_crop(to_rgb(image), spec))  # (S, S, 3)
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))  # (3, S, S)
+
+
+_warned: set[Path] = set()  # files already named in a warning by this process
+
+
+def warn_unreadable(path: Path, reason: str) -> None:
+    """One warning per file and process: the file is skipped, training goes on."""
+    if path not in _warned:
+        _warned.add(path)
+        reason = reason.replace(f" '{path}'", "").replace(f" {path}", "")  # PIL repeats the path
+        log.warning("skipping %s: not a readable image (%s)", path, reason)
+
+
+def try_load_image(path: Path, spec: Preprocess) -> np.ndarray | None:
+    """:func:`load_image`, or ``None`` after a warning naming a corrupt or non-image file."""
+    try:
+        return load_image(path, spec)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        warn_unreadable(path, str(exc))
+        return None
+
+
+def readable_header(path: Path) -> bool:
+    """Whether PIL recognises the file as an image (reads the header only); warns if not."""
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 -- parsing the header is the check
+        return True
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        warn_unreadable(path, str(exc))
+        return False
+
+
+def _decode_chunk(args: tuple[list[Path], Preprocess]) -> list[np.ndarray | None]:
+    paths, spec = args
+    return [try_load_image(p, spec) for p in paths]
+
+
+def _geometry(spec: Preprocess) -> dict[str, object]:
+    return {"crop_size": spec.crop_size, "resize_size": spec.resize_size, "interpolation": spec.interpolation}
+
+
+def cache_key(index: FolderIndex, spec: Preprocess) -> str:
+    """Hash of the file list (relative path, size, mtime) and the preprocessing geometry."""
+    h = hashlib.sha256(json.dumps({"version": CACHE_VERSION, **_geometry(spec)}).encode())
+    for path, label in zip(index.files, index.labels, strict=True):
+        st = path.stat()
+        h.update(f"{path.relative_to(index.root)}\0{st.st_size}\0{st.st_mtime_ns}\0{label}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vit-service"
+
+
+@dataclass
+class DecodedImages:
+    """Decoded images of a folder: uint8 (N, 3, S, S), int64 labels (N,), the files kept
+    (relative to ``root``)."""
+
+    root: Path
+    images: Tensor
+    labels: Tensor
+    files: list[str]
+    class_names: list[str]
+
+
+def decode_folder(index: FolderIndex, spec: Preprocess, workers: int = 0) -> DecodedImages:
+    """Decode every image of ``index``; unreadable files are warned about and left out."""
+    chunks = [index.files[i:i + 512] for i in range(0, len(index), 512)]
+    if workers > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            decoded = [a for chunk in pool.map(_decode_chunk, [(c, spec) for c in chunks]) for a in chunk]
+    else:
+        decoded = [a for c in chunks for a in _decode_chunk((c, spec))]
+    keep = [i for i, a in enumerate(decoded) if a is not None]
+    if not keep:
+        raise DataError(f"{index.root}: none of the {len(index)} image files could be read")
+    images = torch.from_numpy(np.stack([decoded[i] for i in keep]))  # (N, 3, S, S)
+    labels = torch.tensor([index.labels[i] for i in keep], dtype=torch.int64)
+    files = [str(index.files[i].relative_to(index.root)) for i in keep]
+    return DecodedImages(index.root, images, labels, files, index.class_names)
+
+
+def cached_decode(index: FolderIndex, spec: Preprocess, cache_dir: str | Path | None = None,
+                  workers: int = 0) -> DecodedImages:
+    """:func:`decode_folder` through the on-disk cache (read if present, else written)."""
+    cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    path = cache_dir / f"images-{cache_key(index, spec)}.pt"
+    if path.is_file():
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            decoded = DecodedImages(index.root, blob["images"], blob["labels"], blob["files"],
+                                    blob["class_names"])
+            _warn_skipped(index, decoded)
+            log.info("image cache hit: %s (%d images)", path, len(decoded.files))
+            return decoded
+        except (RuntimeError, KeyError, OSError) as exc:
+            log.warning("ignoring unreadable image cache %s (%s); decoding again", path, exc)
+    log.info("decoding %d images of %s into %s", len(index), index.root, path)
+    decoded = decode_folder(index, spec, workers)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"images": decoded.images, "labels": decoded.labels, "files": decoded.files,
+                "class_names": decoded.class_names}, tmp)
+    tmp.replace(path)
+    return decoded
+
+
+def _warn_skipped(index: FolderIndex, decoded: DecodedImages) -> None:
+    """On a cache hit, name again the files that could not be decoded when it was built."""
+    kept = set(decoded.files)
+    for path in index.files:
+        if str(path.relative_to(index.root)) not in kept:
+            warn_unreadable(path, "found when the image cache was built")

@@ -1,0 +1,359 @@
+"""Parallel text for translation: reading, subword tokenizers, length-bucketed batches.
+
+Two files, one sentence a line, aligned line by line (plain text or gzip). The subword
+tokenizer (``tokenizers`` BPE or unigram, NFKC-normalised, SentencePiece-style ``▁``
+word boundaries, punctuation split off) is trained on the training split, jointly on
+both languages or one per language. Its special tokens are ``<pad> <bos> <eos> <unk>``
+(ids 0-3, but every consumer reads them from the tokenizer), and its post-processor
+appends ``<eos>`` to every encoding, so the tokenizer JSON alone says how a sentence
+becomes model input. Decoding with ``skip_special_tokens`` gives detokenized text back.
+
+Batches hold about ``max_tokens`` padded positions of the longer side: sentences are
+sorted by length (ties broken at random each epoch) and cut into batches, whose order is
+shuffled (:class:`TokenBatchSampler`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from training.data import DataError
+
+log = logging.getLogger(__name__)
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+MULTI30K = "../shared/data/multi30k"  # relative to the repository root (the working directory)
+
+
+class TextDataError(DataError):
+    """Bad parallel text input: missing files, mismatched line counts, bad settings
+    (``vit-train`` prints these as one-line errors)."""
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """Lines of a UTF-8 text file, plain or gzip (detected from its first bytes)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TextDataError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")) as f:
+            return [line.rstrip("\r\n") for line in f]
+    except (UnicodeDecodeError, OSError, EOFError) as exc:
+        raise TextDataError(f"{path}: not readable UTF-8 text ({exc.__class__.__name__}: {exc})") from exc
+
+
+def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
+    """Both sides of a parallel corpus; their line counts must agree."""
+    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    if len(src) != len(tgt):
+        raise TextDataError(
+            f"parallel files differ in length: {src_path} has {len(src)} lines, {tgt_path} has {len(tgt)}"
+        )
+    if not src:
+        raise TextDataError(f"{src_path}: no lines")
+    return src, tgt
+
+
+def train_tokenizer(texts: Sequence[str], *, kind: str = "bpe", vocab_size: int = 8000,
+                    min_frequency: int = 2) -> Tokenizer:
+    """Train a subword tokenizer (``kind`` ``"bpe"`` or ``"unigram"``) on ``texts``."""
+    specials = list(SPECIAL_TOKENS)
+    if kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                      special_tokens=specials, show_progress=False)
+    elif kind == "unigram":
+        tokenizer = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=UNK,
+                                          show_progress=False)
+    else:
+        raise TextDataError(f"tokenizer kind must be 'bpe' or 'unigram', got {kind!r}")
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(), pre_tokenizers.Punctuation()]
+    )
+    tokenizer.decoder = decoders.Metaspace()
+    tokenizer.train_from_iterator(texts, trainer)
+    eos = tokenizer.token_to_id(EOS)
+    tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, eos)])
+    return tokenizer
+
+
+@dataclass
+class TextTokenizers:
+    """Source and target tokenizers (the same object for a joint vocabulary)."""
+
+    src: Tokenizer
+    tgt: Tokenizer
+
+    @property
+    def joint(self) -> bool:
+        return self.src is self.tgt
+
+    def special_ids(self) -> dict[str, int]:
+        """``pad_id``, ``bos_id``, ``eos_id`` of the target side (the source shares ``pad``)."""
+        names = (("pad", PAD), ("bos", BOS), ("eos", EOS))
+        ids = {f"{name}_id": self.tgt.token_to_id(tok) for name, tok in names}
+        if None in ids.values() or self.src.token_to_id(PAD) != ids["pad_id"]:
+            raise TextDataError(f"tokenizers lack the special tokens {SPECIAL_TOKENS} at equal ids")
+        return ids
+
+    def to_record(self) -> dict[str, str | None]:
+        """The tokenizer JSON strings as stored in a checkpoint's ``seq2seq`` record."""
+        tgt = None if self.joint else self.tgt.to_str()
+        return {"src_tokenizer": self.src.to_str(), "tgt_tokenizer": tgt}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TextTokenizers:
+        src = Tokenizer.from_str(record["src_tokenizer"])
+        tgt = Tokenizer.from_str(record["tgt_tokenizer"]) if record.get("tgt_tokenizer") else src
+        return cls(src, tgt)
+
+    def files(self) -> dict[str, Tokenizer]:
+        return {"tokenizer.json": self.src} if self.joint else {"src_tokenizer.json": self.src,
+                                                                 "tgt_tokenizer.json": self.tgt}
+
+    def save(self, directory: str | Path) -> None:
+        """Write ``tokenizer.json`` (joint) or ``src_``/``tgt_tokenizer.json`` atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, tok in self.files().items():
+            tmp = directory / f".{name}.tmp"
+            tmp.write_text(tok.to_str(), encoding="utf-8")
+            tmp.replace(directory / name)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TextTokenizers:
+        directory = Path(directory)
+        if (directory / "tokenizer.json").is_file():
+            tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
+            return cls(tok, tok)
+        try:
+            return cls(Tokenizer.from_file(str(directory / "src_tokenizer.json")),
+                       Tokenizer.from_file(str(directory / "tgt_tokenizer.json")))
+        except Exception as exc:
+            raise TextDataError(
+                f"{directory}: no tokenizer.json nor src_tokenizer.json + tgt_tokenizer.json"
+            ) from exc
+
+
+def encode(tokenizer: Tokenizer, lines: Sequence[str]) -> list[np.ndarray]:
+    """Token ids of each line, ending in ``<eos>``, as int32 arrays (no truncation)."""
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return [np.asarray(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(list(lines))]
+
+
+class ParallelDataset(Dataset):
+    """Encoded sentence pairs and the raw target text (the BLEU reference)."""
+
+    def __init__(self, src: list[np.ndarray], tgt: list[np.ndarray], refs: list[str]) -> None:
+        self.src, self.tgt, self.refs = src, tgt, refs
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, str]:
+        return self.src[i], self.tgt[i], self.refs[i]
+
+    def lengths(self) -> np.ndarray:
+        """Longer side of each pair, counting the decoder's extra BOS position."""
+        return np.array([max(len(s), len(t)) for s, t in zip(self.src, self.tgt, strict=True)])
+
+
+class TokenBatchSampler(Sampler[list[int]]):
+    """Batches of similar-length examples with at most ``max_tokens`` padded positions
+    (batch size x longest length); a longer example goes alone. ``shuffle`` breaks length
+    ties at random and shuffles the batch order, anew each epoch (``set_epoch``)."""
+
+    def __init__(self, lengths: Sequence[int], max_tokens: int, *, shuffle: bool, seed: int = 0) -> None:
+        if max_tokens <= 0:
+            raise TextDataError(f"max_tokens must be positive, got {max_tokens}")
+        self.lengths = np.asarray(lengths)
+        self.max_tokens, self.shuffle, self.seed, self.epoch = max_tokens, shuffle, seed, 0
+        self._num_batches = len(self._batches())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = np.random.default_rng((self.seed, self.epoch))
+        ties = rng.random(len(self.lengths)) if self.shuffle else np.zeros(len(self.lengths))
+        order = np.lexsort((ties, self.lengths))
+        batches, current, longest = [], [], 0
+        for i in order.tolist():
+            n = int(self.lengths[i])
+            if current and (len(current) + 1) * max(longest, n) > self.max_tokens:
+                batches.append(current)
+                current, longest = [], 0
+            current.append(i)
+            longest = max(longest, n)
+        if current:
+            batches.append(current)
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def padding_fraction(self) -> float:
+        """Share of padded positions in this epoch's batches."""
+        batches = self._batches()
+        real = sum(int(self.lengths[b].sum()) for b in batches)
+        total = sum(len(b) * int(self.lengths[b].max()) for b in batches)
+        return 1.0 - real / total
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return self._num_batches
+
+
+class Collate:
+    """Pad a list of pairs: ``src`` (B, S), ``tgt_in`` = BOS + target (B, T), ``tgt_out`` =
+    target + EOS (B, T), and the reference texts ``refs``."""
+
+    def __init__(self, pad_id: int, bos_id: int) -> None:
+        self.pad_id, self.bos_id = pad_id, bos_id
+
+    def _pad(self, seqs: list[np.ndarray]) -> Tensor:
+        out = torch.full((len(seqs), max(len(s) for s in seqs)), self.pad_id, dtype=torch.long)  # (B, N)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = torch.from_numpy(s.astype(np.int64))
+        return out
+
+    def __call__(self, items: list[tuple[np.ndarray, np.ndarray, str]]) -> dict[str, Any]:
+        src, tgt, refs = zip(*items, strict=True)
+        tgt_in = [np.concatenate([[self.bos_id], t[:-1]]).astype(np.int32) for t in tgt]
+        return {"src": self._pad(list(src)), "tgt_in": self._pad(tgt_in), "tgt_out": self._pad(list(tgt)),
+                "refs": list(refs)}
+
+
+class TextDataModule(L.LightningDataModule):
+    """Parallel text with a subword tokenizer trained on the training split.
+
+    Args:
+        train_src, train_tgt, val_src, val_tgt: one sentence a line, aligned (plain or .gz).
+        tokenizer: ``"bpe"`` or ``"unigram"``.
+        vocab_size: subword vocabulary size (of each side when ``joint_vocab`` is False).
+        joint_vocab: one vocabulary for both languages (allows shared embeddings).
+        tokenizer_dir: where the tokenizer JSON is kept: loaded from there when present,
+            else trained and written there. ``None``: trained anew (deterministic) and kept
+            in memory only (checkpoints carry it anyway).
+        max_sentence_len: training pairs with a side longer than this (in tokens, with EOS)
+            are dropped; validation sentences are truncated to it.
+        max_tokens: padded positions per training batch; ``val_max_tokens`` for validation.
+    """
+
+    def __init__(
+        self,
+        train_src: str = f"{MULTI30K}/train.de.gz",
+        train_tgt: str = f"{MULTI30K}/train.en.gz",
+        val_src: str = f"{MULTI30K}/val.de.gz",
+        val_tgt: str = f"{MULTI30K}/val.en.gz",
+        tokenizer: str = "bpe",
+        vocab_size: int = 8000,
+        joint_vocab: bool = True,
+        min_frequency: int = 2,
+        tokenizer_dir: str | None = None,
+        max_sentence_len: int = 128,
+        max_tokens: int = 6000,
+        val_max_tokens: int = 3000,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if tokenizer not in ("bpe", "unigram"):
+            raise TextDataError(f"TextDataModule.tokenizer must be 'bpe' or 'unigram', got {tokenizer!r}")
+        if vocab_size < len(SPECIAL_TOKENS) + 1:
+            raise TextDataError(
+                f"TextDataModule.vocab_size must be > {len(SPECIAL_TOKENS)}, got {vocab_size}"
+            )
+        if max_sentence_len < 2:
+            raise TextDataError(f"TextDataModule.max_sentence_len must be >= 2, got {max_sentence_len}")
+        self.save_hyperparameters()
+        self.tokenizers: TextTokenizers | None = None
+        self.train_set: ParallelDataset | None = None
+        self.val_set: ParallelDataset | None = None
+
+    # -- tokenizer -------------------------------------------------------------------
+    def build_tokenizers(self, src_lines: Sequence[str], tgt_lines: Sequence[str]) -> TextTokenizers:
+        hp = self.hparams
+        saved = Path(hp.tokenizer_dir) if hp.tokenizer_dir else None
+        if saved is not None and saved.is_dir() and any(saved.glob("*.json")):
+            toks = TextTokenizers.load(hp.tokenizer_dir)
+            if toks.joint != hp.joint_vocab:
+                kind = "joint" if toks.joint else "per-language"
+                raise TextDataError(f"{saved}: holds a {kind} tokenizer but joint_vocab={hp.joint_vocab}")
+            log.info("loaded tokenizer from %s", hp.tokenizer_dir)
+            return toks
+        kw = dict(kind=hp.tokenizer, vocab_size=hp.vocab_size, min_frequency=hp.min_frequency)
+        if hp.joint_vocab:
+            tok = train_tokenizer(list(src_lines) + list(tgt_lines), **kw)
+            toks = TextTokenizers(tok, tok)
+        else:
+            toks = TextTokenizers(train_tokenizer(src_lines, **kw), train_tokenizer(tgt_lines, **kw))
+        log.info("trained %s tokenizer: %d source / %d target subwords", hp.tokenizer,
+                 toks.src.get_vocab_size(), toks.tgt.get_vocab_size())
+        if hp.tokenizer_dir:
+            toks.save(hp.tokenizer_dir)
+        return toks
+
+    # -- Lightning hooks -------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizers is not None:
+            return
+        hp = self.hparams
+        train_src, train_tgt = read_parallel(hp.train_src, hp.train_tgt)
+        val_src, val_tgt = read_parallel(hp.val_src, hp.val_tgt)
+        self.tokenizers = toks = self.build_tokenizers(train_src, train_tgt)
+        self.special_ids = toks.special_ids()
+        src_ids, tgt_ids = encode(toks.src, train_src), encode(toks.tgt, train_tgt)
+        keep = [i for i in range(len(src_ids))
+                if 1 < len(src_ids[i]) <= hp.max_sentence_len and 1 < len(tgt_ids[i]) <= hp.max_sentence_len]
+        if len(keep) < len(src_ids):
+            log.info("dropped %d of %d training pairs (an empty side or longer than max_sentence_len=%d)",
+                     len(src_ids) - len(keep), len(src_ids), hp.max_sentence_len)
+        if not keep:
+            raise TextDataError(
+                f"{hp.train_src}: no training pair is at most max_sentence_len={hp.max_sentence_len} long"
+            )
+        self.train_set = ParallelDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep],
+                                         [train_tgt[i] for i in keep])
+        vsrc = [_truncate(s, hp.max_sentence_len) for s in encode(toks.src, val_src)]
+        vtgt = [_truncate(t, hp.max_sentence_len) for t in encode(toks.tgt, val_tgt)]
+        self.val_set = ParallelDataset(vsrc, vtgt, val_tgt)
+        self.collate = Collate(self.special_ids["pad_id"], self.special_ids["bos_id"])
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = TokenBatchSampler(self.train_set.lengths(), self.hparams.max_tokens, shuffle=True,
+                                    seed=self.hparams.seed)
+        log.info("%d training batches of <= %d positions, %.1f%% padding", len(sampler),
+                 self.hparams.max_tokens, 100 * sampler.padding_fraction())
+        return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        sampler = TokenBatchSampler(self.val_set.lengths(), self.hparams.val_max_tokens, shuffle=False)
+        return DataLoader(self.val_set, batch_sampler=sampler, collate_fn=self.collate,
+                          num_workers=self.hparams.num_workers)
+
+
+def _truncate(ids: np.ndarray, max_len: int) -> np.ndarray:
+    """Keep the first ``max_len - 1`` tokens and the final EOS."""
+    return ids if len(ids) <= max_len else np.concatenate([ids[: max_len - 1], ids[-1:]])
+
