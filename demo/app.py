@@ -22,6 +22,8 @@ from typing import Any
 
 import gradio as gr
 
+from export.predict import DEFAULT_MODEL  # the shipped model, models/ in the repository
+
 from .backend import Backend, ModelCard, load_backend
 from .views import (
     HEAD_FUSIONS,
@@ -37,7 +39,6 @@ from .views import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = Path("models/cifar10_vit.onnx")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 EXAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 MAX_FILE_SIZE = "10mb"
