@@ -25,8 +25,9 @@ from .vit import ViT, ViTConfig
 PREFIX = "model."
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
-    """(state dict of the bare ViT, ``vit`` record or ``None`` for a foreign checkpoint)."""
+def read_checkpoint(path: str | Path, key: str = "vit") -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+    """(state dict of the bare model, its ``key`` record -- ``vit`` for classifiers,
+    ``seq2seq`` for translators -- or ``None`` for a foreign checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
@@ -36,15 +37,15 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
-        record = json.loads(meta["vit"]) if "vit" in meta else None
+        record = json.loads(meta[key]) if key in meta else None
         return state, record
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__})") from exc
-    if isinstance(obj, dict) and isinstance(obj.get("vit"), dict):
+    if isinstance(obj, dict) and isinstance(obj.get(key), dict):
         state = {k[len(PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(PREFIX)}
-        return state, obj["vit"]
+        return state, obj[key]
     from .timm_weights import read_state_dict
 
     return read_state_dict(path), None

@@ -352,7 +352,6 @@ class Seq2Seq(nn.Module):
 
 # -- checkpoints ---------------------------------------------------------------------------
 RECORD_KEY = "seq2seq"
-PREFIX = "model."
 
 
 def load_seq2seq(path: str | Path) -> tuple[Seq2Seq, dict[str, Any]]:
@@ -363,27 +362,11 @@ def load_seq2seq(path: str | Path) -> tuple[Seq2Seq, dict[str, Any]]:
          "tgt_tokenizer": JSON string or None (joint vocabulary), "val_bleu": float | None,
          "source": str}
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    from .checkpoint import read_checkpoint
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-        if RECORD_KEY not in meta:
-            raise ValueError(f"{path}: no '{RECORD_KEY}' metadata; not a translation model file")
-        record = json.loads(meta[RECORD_KEY])
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__})") from exc
-        if not isinstance(obj, dict) or not isinstance(obj.get(RECORD_KEY), dict):
-            raise ValueError(f"{path}: no '{RECORD_KEY}' record; not a translation checkpoint")
-        record = obj[RECORD_KEY]
-        state = {k[len(PREFIX):]: v for k, v in obj["state_dict"].items() if k.startswith(PREFIX)}
+    state, record = read_checkpoint(path, key=RECORD_KEY)
+    if record is None:
+        raise ValueError(f"{path}: no '{RECORD_KEY}' record; not a translation checkpoint")
     model = Seq2Seq(Seq2SeqConfig(**record["config"]))
     model.load_state_dict(_with_tied(model, state), strict=True)
     return model.eval(), record
