@@ -1,0 +1,80 @@
+"""The shipped default model: it loads, its metadata is complete, its two files agree, and it
+classifies the demo's example images as their names say."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from demo.app import example_images
+from export.classifier import OnnxClassifier
+from export.predict import DEFAULT_MODEL
+from vit.checkpoint import load_vit
+from vit.preprocess import Preprocess, preprocess_image
+
+MODELS = DEFAULT_MODEL.parent
+WEIGHTS = MODELS / "cifar10_vit.safetensors"
+CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def model() -> OnnxClassifier:
+    return OnnxClassifier(DEFAULT_MODEL)
+
+
+def labelled_examples() -> list[tuple[str, str]]:
+    """(path, label) for every shipped example; the label is in the file name."""
+    out = []
+    for path in example_images():
+        name = Path(path).stem
+        label = next(c for c in CIFAR10 if c in name)
+        out.append((path, label))
+    return out
+
+
+def test_metadata_is_complete(model: OnnxClassifier) -> None:
+    info = model.info
+    assert info.class_names == CIFAR10
+    assert isinstance(info.preprocess, Preprocess) and info.preprocess.crop_size == 32
+    assert info.has_attention
+    assert info.val_acc is not None and 0.5 < info.val_acc <= 1.0
+    assert info.config["patch_size"] > 0 and info.config["num_classes"] == 10
+    assert info.source
+    card = (MODELS / "MODEL_CARD.md").read_text()
+    assert f"{info.val_acc:.2%}"[:4] in card or f"{100 * info.val_acc:.1f}" in card
+    evaluation = json.loads((MODELS / "evaluation.json").read_text())
+    assert evaluation["class_names"] == CIFAR10 and sum(map(sum, evaluation["confusion"])) == 5000
+
+
+@pytest.mark.xfail(strict=True, reason="the shipped CPU-trained model (58.7% validation accuracy) gets 5 of "
+                   "the 8 examples right; a stronger model (issue 8) must make this pass, and then strict "
+                   "xfail fails until this marker goes")
+def test_examples_classified_as_labelled(model: OnnxClassifier) -> None:
+    examples = labelled_examples()
+    assert len(examples) >= 6
+    predictions = model.predict([p for p, _ in examples], top_k=1)
+    wrong = [(Path(p).name, pred.labels[0]) for (p, label), pred in zip(examples, predictions, strict=True)
+             if pred.labels[0] != label]
+    assert not wrong, f"misclassified examples: {wrong}"
+    assert all(pred.attention is not None for pred in predictions)
+
+
+def test_safetensors_weights_equal_onnx(model: OnnxClassifier) -> None:
+    vit, record = load_vit(WEIGHTS)
+    assert record["class_names"] == CIFAR10
+    batch = np.stack([preprocess_image(_open(p), model.info.preprocess) for p, _ in labelled_examples()])
+    with torch.no_grad():
+        expected = vit(torch.from_numpy(batch)).numpy()
+    np.testing.assert_allclose(model.predict_batch(batch)["logits"], expected, atol=1e-4, rtol=0)
+
+
+def _open(path: str):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        return image
