@@ -265,7 +265,9 @@ def test_safe_defaults():
 
 
 def test_main_without_a_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # no models/cifar10_vit.onnx here
+    import demo.app
+
+    monkeypatch.setattr(demo.app, "DEFAULT_MODEL", tmp_path / "models" / "cifar10_vit.onnx")  # none there
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "vit-train fit --config training/configs/cifar10.yaml" in err and "vit-export" in err
