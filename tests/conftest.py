@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 CLASSES = ("circle", "square", "stripes")
@@ -41,3 +42,12 @@ def make_image_folder(root: Path, per_class: int = 12, classes: tuple[str, ...] 
 def image_folder(tmp_path: Path) -> Path:
     """A tiny 3-class ImageFolder (36 PNG images, 32x32)."""
     return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and far faster than 2 threads on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,13 +11,7 @@ from vit.seq2seq import Seq2Seq, Seq2SeqConfig, load_seq2seq, save_seq2seq
 PAD, BOS, EOS = 0, 1, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far faster than 2 threads on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_config(**overrides) -> Seq2SeqConfig:

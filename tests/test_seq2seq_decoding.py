@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_seq2seq import BOS, EOS, PAD, one_thread, rand_ids, tiny_model  # noqa: F401
+from test_seq2seq import BOS, EOS, PAD, rand_ids, tiny_model
 
 from vit.decoding import beam_search, greedy_decode
 from vit.seq2seq import Seq2Seq, Seq2SeqConfig
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def check_eos_and_padding(tokens: torch.Tensor) -> None:

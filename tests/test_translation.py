@@ -22,12 +22,7 @@ TINY = dict(dim=32, num_heads=4, enc_depth=1, dec_depth=1, mlp_ratio=2.0, dropou
             warmup_steps=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trainer(root: Path, **kw) -> L.Trainer:
