@@ -201,3 +201,24 @@ def test_checkpoint_data_dir_is_used_when_saved(tmp_path, tiny_data):  # noqa: F
     refs = cli._references(model, meta, path, ExportOptions(num_random=2, num_verify=5))
     assert [r.name for r in refs] == ["random", "images"]
     assert len(refs[1].inputs) == 5 and set(refs[1].labels) <= {0, 1, 2}
+
+
+def test_conv_stem_exports_with_parity(tmp_path, tiny_data):  # noqa: F811
+    """The conv tokenizer (the default recipe's stem) exports; ORT equals PyTorch, attention too."""
+    from conftest import CLASSES
+
+    from export.classifier import OnnxClassifier
+    from vit.preprocess import Preprocess
+    from vit.vit import ViT, ViTConfig
+
+    torch.manual_seed(0)
+    model = ViT(ViTConfig(**{**TINY, "patch_size": 4, "stem": "conv", "stem_width": 16,
+                             "class_token": False, "global_pool": "avg"})).eval()
+    record = {"config": model.config.to_dict(), "class_names": list(CLASSES),
+              "preprocess": Preprocess().to_dict(), "val_acc": None, "source": "test"}
+    ckpt = save_ckpt(model, record, tmp_path / "conv.ckpt")
+    options = ExportOptions(verify_images=tiny_data, attention=True)
+    result = export_checkpoint(ckpt, tmp_path / "conv.onnx", options)
+    assert result.passed, "\n".join(r.line() for r in result.reports)
+    info = OnnxClassifier(tmp_path / "conv.onnx").info
+    assert tuple(info.grid) == (8, 8) and info.num_prefix_tokens == 0

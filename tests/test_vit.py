@@ -139,3 +139,33 @@ def test_project_safetensors_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(loaded(x), model(x))
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         load_vit(tmp_path / "missing.ckpt")
+
+
+def test_conv_stem_tokens_resizing_and_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=32, patch_size=4, stem="conv", stem_width=16, dim=48, depth=2, num_heads=2,
+                    num_classes=3, class_token=False, global_pool="avg")
+    model = ViT(cfg).eval()
+    assert [type(m).__name__ for m in model.patch_embed.convs] == ["Conv2d", "ReLU", "MaxPool2d"] * 2
+    x = torch.randn(2, 3, 32, 32)
+    logits, weights = model(x, return_attention=True)
+    assert logits.shape == (2, 3) and weights[0].shape == (2, 2, 64, 64)  # the 8x8 grid of patch 4
+    torch.testing.assert_close(model(x), logits)
+    x48 = torch.randn(1, 3, 48, 48)  # any size: 12x12 tokens, position embeddings resized
+    before = model(x48, return_attention=True)[1][0]
+    assert before.shape[-1] == 144
+    model.set_image_size(48)
+    torch.testing.assert_close(model(x48, return_attention=True)[1][0], before)
+    record = {"config": model.config.to_dict(), "class_names": ["a", "b", "c"], "preprocess": None,
+              "val_acc": 0.5, "source": "test"}
+    save_safetensors(model, record, tmp_path / "conv.safetensors")
+    loaded, meta = load_vit(tmp_path / "conv.safetensors")
+    assert meta["config"]["stem"] == "conv"
+    torch.testing.assert_close(loaded(x48), model(x48))
+
+
+def test_conv_stem_config_errors() -> None:
+    with pytest.raises(ValueError, match="stem must be 'patch' or 'conv'"):
+        ViTConfig(stem="resnet")
+    with pytest.raises(ValueError, match="power-of-two patch_size"):
+        ViTConfig(image_size=36, patch_size=6, stem="conv")

@@ -34,7 +34,7 @@ class ImageClassifier(L.LightningModule):
     """Image classification with a ViT.
 
     Args:
-        patch_size, dim, depth, num_heads, mlp_ratio, qkv_bias, global_pool, drop_rate,
+        patch_size, stem, dim, depth, num_heads, mlp_ratio, qkv_bias, global_pool, drop_rate,
             attn_drop_rate, drop_path_rate, layer_scale_init: the architecture
             (:class:`vit.ViTConfig` fields).
         vit: any further :class:`vit.ViTConfig` fields, applied over the ones above.
@@ -56,6 +56,7 @@ class ImageClassifier(L.LightningModule):
     def __init__(
         self,
         patch_size: int = 4,
+        stem: str = "patch",
         dim: int = 192,
         depth: int = 6,
         num_heads: int = 3,
@@ -112,9 +113,9 @@ class ImageClassifier(L.LightningModule):
 
     def _config_fields(self) -> dict[str, Any]:
         hp = self.hparams
-        fields = {k: hp[k] for k in ("patch_size", "dim", "depth", "num_heads", "mlp_ratio", "qkv_bias",
-                                     "global_pool", "drop_rate", "attn_drop_rate", "drop_path_rate",
-                                     "layer_scale_init")}
+        fields = {k: hp[k] for k in ("patch_size", "stem", "dim", "depth", "num_heads", "mlp_ratio",
+                                     "qkv_bias", "global_pool", "drop_rate", "attn_drop_rate",
+                                     "drop_path_rate", "layer_scale_init")}
         return {**fields, **(hp.vit or {})}
 
     def configure_model(self) -> None:
