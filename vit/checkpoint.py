@@ -71,10 +71,21 @@ def load_vit(path: str | Path, **overrides: Any) -> tuple[ViT, dict[str, Any]]:
 
 def save_safetensors(model: ViT, record: dict[str, Any], path: str | Path) -> None:
     """Write weights and the ``vit`` record to ``path`` atomically."""
+    write_safetensors(model, record, path, key="vit")
+
+
+def write_safetensors(model: torch.nn.Module, record: dict[str, Any], path: str | Path, *, key: str) -> None:
+    """Write ``model``'s weights (tied or shared tensors once) and ``record`` as the JSON
+    metadata entry ``key`` to ``path`` atomically (a temporary file, then a rename)."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"vit": json.dumps(record)})
+    state, seen = {}, set()
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen:  # tied embedding: stored once, restored by the reader
+            continue
+        seen.add(v.data_ptr())
+        state[k] = v.detach().contiguous().cpu()
+    save_file(state, str(tmp), metadata={key: json.dumps(record)})
     tmp.replace(path)

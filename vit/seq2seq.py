@@ -20,7 +20,6 @@ first call and reused after.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -374,19 +373,9 @@ def load_seq2seq(path: str | Path) -> tuple[Seq2Seq, dict[str, Any]]:
 
 def save_seq2seq(model: Seq2Seq, record: dict[str, Any], path: str | Path) -> None:
     """Write weights (shared matrices once) and the record to ``path`` atomically."""
-    from safetensors.torch import save_file
+    from .checkpoint import write_safetensors
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    state, seen = {}, set()
-    for k, v in model.state_dict().items():
-        if v.data_ptr() in seen:  # tied or shared embedding: stored once
-            continue
-        seen.add(v.data_ptr())
-        state[k] = v.detach().contiguous().cpu()
-    record = {**record, "config": model.config.to_dict()}
-    save_file(state, str(tmp), metadata={RECORD_KEY: json.dumps(record)})
-    tmp.replace(path)
+    write_safetensors(model, {**record, "config": model.config.to_dict()}, path, key=RECORD_KEY)
 
 
 def _with_tied(model: Seq2Seq, state: dict[str, Tensor]) -> dict[str, Tensor]:
