@@ -62,6 +62,7 @@ def model_panel(card: ModelCard) -> str:
     spec = card.preprocess
     acc = f"{card.val_acc:.2%}" if card.val_acc is not None else "not recorded"
     tokens = f"+ {card.num_prefix_tokens} class token" if card.num_prefix_tokens else "no class token"
+    tokenizer = "convolutional tokenizer" if card.stem == "conv" else "patch"
     maps = "attention rollout and raw attention" if card.has_attention else \
         "none (this ONNX file was exported without `--attention`)"
     if card.class_specific:
@@ -71,7 +72,7 @@ def model_panel(card: ModelCard) -> str:
         f"**Classes ({len(card.class_names)}):** {', '.join(card.class_names)}",
         f"**Input:** {card.input_size[0]}x{card.input_size[1]} RGB (shorter side resized to "
         f"{spec.resize_size}, {spec.interpolation}, center crop {spec.crop_size})",
-        f"**Architecture:** ViT, {card.depth} layers x {card.num_heads} heads, patch grid "
+        f"**Architecture:** ViT, {card.depth} layers x {card.num_heads} heads, {tokenizer} grid "
         f"{card.grid[0]}x{card.grid[1]} {tokens}, {card.pool} pooling",
         f"**Validation accuracy:** {acc}",
         f"**Source:** {card.source}",

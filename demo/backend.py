@@ -33,6 +33,7 @@ class ModelCard:
     pool: str
     depth: int
     num_heads: int
+    stem: str  # "patch" (p x p patches) or "conv" (convolutional tokenizer)
     source: str
     val_acc: float | None
     has_attention: bool
@@ -87,6 +88,7 @@ class OnnxBackend:
             input_size=tuple(info.input_size), grid=tuple(info.grid),
             num_prefix_tokens=info.num_prefix_tokens, pool=cfg.get("global_pool", "token"),
             depth=int(cfg.get("depth", 0)), num_heads=int(cfg.get("num_heads", 0)),
+            stem=str(cfg.get("stem", "patch")),
             source=_describe_source(info.source), val_acc=info.val_acc, has_attention=info.has_attention,
             class_specific=False,
         )
@@ -121,7 +123,7 @@ class TorchBackend:
             path=Path(path), runtime="PyTorch", class_names=list(record["class_names"]),
             preprocess=Preprocess(**record["preprocess"]), input_size=cfg.image_hw, grid=cfg.grid_size,
             num_prefix_tokens=cfg.num_prefix_tokens, pool=cfg.global_pool, depth=cfg.depth,
-            num_heads=cfg.num_heads, source=_describe_source(record.get("source")),
+            num_heads=cfg.num_heads, stem=cfg.stem, source=_describe_source(record.get("source")),
             val_acc=record.get("val_acc"), has_attention=True, class_specific=True,
         )
 
