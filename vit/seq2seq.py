@@ -143,18 +143,29 @@ def sinusoidal_positions(length: int, dim: int) -> Tensor:
     return table  # (N, D)
 
 
+def _attention(cfg: Seq2SeqConfig, cross: bool = False) -> MultiHeadAttention:
+    return MultiHeadAttention(cfg.dim, cfg.num_heads, cross=cross, attn_drop=cfg.attn_dropout,
+                              proj_drop=cfg.dropout)
+
+
+def _norm(cfg: Seq2SeqConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+
+
+def _mlp(cfg: Seq2SeqConfig) -> Mlp:
+    return Mlp(cfg.dim, cfg.hidden_dim, activation=_ACTIVATIONS[cfg.activation])
+
+
 class EncoderLayer(nn.Module):
     """Self-attention and MLP, each a residual branch (pre- or post-norm)."""
 
     def __init__(self, cfg: Seq2SeqConfig) -> None:
         super().__init__()
         self.norm_first = cfg.norm_first
-        self.self_attn = MultiHeadAttention(cfg.dim, cfg.num_heads, attn_drop=cfg.attn_dropout,
-                                            proj_drop=cfg.dropout)
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(cfg.dim, cfg.hidden_dim, activation=_ACTIVATIONS[cfg.activation])
+        self.self_attn, self.norm1 = _attention(cfg), _norm(cfg)
+        self.mlp = _mlp(cfg)
         self.mlp_drop = nn.Dropout(cfg.dropout)  # residual dropout, as the paper (none inside the MLP)
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm2 = _norm(cfg)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         if self.norm_first:
@@ -170,15 +181,11 @@ class DecoderLayer(nn.Module):
     def __init__(self, cfg: Seq2SeqConfig) -> None:
         super().__init__()
         self.norm_first = cfg.norm_first
-        self.self_attn = MultiHeadAttention(cfg.dim, cfg.num_heads, attn_drop=cfg.attn_dropout,
-                                            proj_drop=cfg.dropout)
-        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.cross_attn = MultiHeadAttention(cfg.dim, cfg.num_heads, cross=True, attn_drop=cfg.attn_dropout,
-                                             proj_drop=cfg.dropout)
-        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(cfg.dim, cfg.hidden_dim, activation=_ACTIVATIONS[cfg.activation])
+        self.self_attn, self.norm1 = _attention(cfg), _norm(cfg)
+        self.cross_attn, self.norm2 = _attention(cfg, cross=True), _norm(cfg)
+        self.mlp = _mlp(cfg)
         self.mlp_drop = nn.Dropout(cfg.dropout)
-        self.norm3 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.norm3 = _norm(cfg)
 
     def forward(
         self,
