@@ -107,6 +107,16 @@ class ViTConfig:
         return d
 
 
+def _check_images(x: Tensor, in_channels: int) -> None:
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"expected images of shape (B, {in_channels}, H, W), got {tuple(x.shape)}")
+
+
+def _tokens(x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+    """Feature map (B, D, Gh, Gw) -> tokens (B, Gh*Gw, D) and the grid (Gh, Gw)."""
+    return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping p x p patches -> D-dim tokens through one strided convolution."""
 
@@ -118,10 +128,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+        _check_images(x, self.in_channels)
         p = self.patch_size
         h, w = x.shape[-2:]
         if h % p or w % p:
@@ -131,9 +138,7 @@ class PatchEmbed(nn.Module):
                     "(build the model with dynamic_img_pad=True to pad)"
                 )
             x = F.pad(x, (0, (p - w % p) % p, 0, (p - h % p) % p))
-        x = self.proj(x)  # (B, D, Gh, Gw)
-        grid = (x.shape[-2], x.shape[-1])
-        return x.flatten(2).transpose(1, 2), grid  # (B, Gh*Gw, D)
+        return _tokens(self.proj(x))  # (B, D, Gh, Gw) -> (B, Gh*Gw, D)
 
 
 class ConvStem(nn.Module):
@@ -157,13 +162,9 @@ class ConvStem(nn.Module):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
 
     def forward(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected images of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+        _check_images(x, self.in_channels)
         x = self.convs(x.contiguous(memory_format=torch.channels_last))  # (B, D, ceil(H/p), ceil(W/p))
-        grid = (x.shape[-2], x.shape[-1])
-        return x.flatten(2).transpose(1, 2), grid  # (B, Gh*Gw, D)
+        return _tokens(x)  # (B, Gh*Gw, D)
 
 
 class Block(nn.Module):
