@@ -18,6 +18,8 @@ import sys
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from vit.vit import ConfigError
+
 from . import callbacks, classifier, image_data  # noqa: F401 -- short class names in configs
 from .data import DataError
 
@@ -33,7 +35,7 @@ def main(args: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except DataError as exc:
+    except (DataError, ConfigError) as exc:
         print(f"vit-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

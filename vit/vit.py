@@ -20,6 +20,10 @@ from .attention import MultiHeadAttention
 from .layers import DropPath, LayerScale, Mlp
 
 
+class ConfigError(ValueError):
+    """An invalid :class:`ViTConfig` field; the message names the field."""
+
+
 @dataclass
 class ViTConfig:
     """Everything that defines a ViT's architecture. Plain values only (YAML/JSON safe)."""
@@ -52,31 +56,31 @@ class ViTConfig:
             self.image_size = tuple(self.image_size)
         h, w = self.grid_size  # validates image_size
         if self.patch_size <= 0:
-            raise ValueError(f"ViTConfig.patch_size must be positive, got {self.patch_size}")
+            raise ConfigError(f"ViTConfig.patch_size must be positive, got {self.patch_size}")
         if not self.dynamic_img_pad and (h * self.patch_size, w * self.patch_size) != self.image_hw:
-            raise ValueError(
+            raise ConfigError(
                 f"ViTConfig.image_size {self.image_hw} is not divisible by patch_size "
                 f"{self.patch_size} (set dynamic_img_pad=True to pad)"
             )
         if self.dim % self.num_heads != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"ViTConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})"
             )
         if self.stem not in ("patch", "conv"):
-            raise ValueError(f"ViTConfig.stem must be 'patch' or 'conv', got {self.stem!r}")
+            raise ConfigError(f"ViTConfig.stem must be 'patch' or 'conv', got {self.stem!r}")
         if self.stem == "conv" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
-            raise ValueError(
+            raise ConfigError(
                 f"ViTConfig.stem='conv' needs a power-of-two patch_size >= 2, got {self.patch_size}"
             )
         if self.global_pool not in ("token", "avg"):
-            raise ValueError(f"ViTConfig.global_pool must be 'token' or 'avg', got {self.global_pool!r}")
+            raise ConfigError(f"ViTConfig.global_pool must be 'token' or 'avg', got {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
-            raise ValueError("ViTConfig.global_pool='token' needs class_token=True")
+            raise ConfigError("ViTConfig.global_pool='token' needs class_token=True")
         for name in ("depth", "num_heads", "dim", "in_channels"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"ViTConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"ViTConfig.{name} must be positive, got {getattr(self, name)}")
         if self.num_classes < 0:
-            raise ValueError(f"ViTConfig.num_classes must be >= 0, got {self.num_classes}")
+            raise ConfigError(f"ViTConfig.num_classes must be >= 0, got {self.num_classes}")
 
     @property
     def image_hw(self) -> tuple[int, int]:
@@ -84,7 +88,7 @@ class ViTConfig:
         if isinstance(s, int):
             return (s, s)
         if len(s) != 2:
-            raise ValueError(f"ViTConfig.image_size must be an int or (height, width), got {s!r}")
+            raise ConfigError(f"ViTConfig.image_size must be an int or (height, width), got {s!r}")
         return (int(s[0]), int(s[1]))
 
     @property
