@@ -8,7 +8,8 @@ and LightningModule, on the same images, with the machine's matmul peaks for sca
     RandomCrop(32, padding=4), flip, ToTensor, Normalize; DataLoader with 1 worker; AdamW;
     float32 and bf16 autocast.
 (b) the same-size ``vit.ViT`` through ``ImageFolderData`` (cache mode, the full default
-    augmentation recipe) and ``ImageClassifier`` in a Lightning ``Trainer``, bf16-mixed and 32.
+    augmentation recipe) and ``ImageClassifier`` in a Lightning ``Trainer``, bf16-mixed and 32;
+    ``recipe``: the cifar10.yaml model (conv stem, average pooling), for scale.
 
 Every run times ``--windows`` consecutive windows of ``--batches`` optimizer steps after
 ``--warmup`` steps and reports the best window (the 2 cores are shared, so the best window
@@ -101,7 +102,7 @@ def timm_loop(root: Path, bf16: bool, batch: int, warmup: int, steps: int,
 
 def ours(root: Path, precision: str, batch: int, warmup: int, steps: int, n_windows: int,
          cache_dir: str | None, compile_model: bool = False,
-         explicit_attention: bool | None = None) -> tuple[list[float], float]:
+         explicit_attention: bool | None = None, **arch: object) -> tuple[list[float], float]:
     """(images/s per window, FLOPs per image) of ImageFolderData (cache mode) and
     ImageClassifier in a Trainer."""
     import lightning as L
@@ -118,7 +119,7 @@ def ours(root: Path, precision: str, batch: int, warmup: int, steps: int, n_wind
 
     L.seed_everything(0, verbose=False)
     data = ImageFolderData(root=str(root), batch_size=batch, mode="cache", cache_dir=cache_dir)
-    model = ImageClassifier(**ARCH, compile=compile_model, explicit_attention=explicit_attention)
+    model = ImageClassifier(**{**ARCH, **arch}, compile=compile_model, explicit_attention=explicit_attention)
     timer = StepTimer()
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision,
                         max_steps=warmup + n_windows * steps,
@@ -137,7 +138,10 @@ RUNS = {
     "ours-32": ("ours (Lightning), 32", "32"),
     "ours-bf16-sdpa": ("ours, bf16-mixed, SDPA attention", "bf16"),
     "ours-bf16-compile": ("ours, bf16-mixed, torch.compile", "bf16"),
+    "recipe": ("cifar10.yaml model (conv stem)", "bf16"),
+    "recipe-compile": ("cifar10.yaml model, torch.compile", "bf16"),
 }
+RECIPE = dict(stem="conv", global_pool="avg", vit={"class_token": False})
 
 
 def run_one(key: str, args: argparse.Namespace) -> tuple[list[float], float]:
@@ -145,8 +149,10 @@ def run_one(key: str, args: argparse.Namespace) -> tuple[list[float], float]:
     if key.startswith("timm"):
         return timm_loop(args.data_root, key == "timm-bf16", *common)
     precision = "32" if key == "ours-32" else "bf16-mixed"
-    return ours(args.data_root, precision, *common, args.cache_dir, compile_model=key.endswith("compile"),
-                explicit_attention=False if key.endswith("sdpa") else None)
+    return ours(args.data_root, precision, *common, args.cache_dir,
+                compile_model=key.endswith("compile"),
+                explicit_attention=False if key.endswith("sdpa") else None,
+                **(RECIPE if key.startswith("recipe") else {}))
 
 
 def main() -> None:
@@ -157,7 +163,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20, help="timed batches per window")
     parser.add_argument("--windows", type=int, default=2, help="timed windows per run (best is reported)")
     parser.add_argument("--cache-dir", default=None, help="image cache folder for the data module")
-    parser.add_argument("--runs", default="timm-32,timm-bf16,ours-bf16,ours-32",
+    parser.add_argument("--runs", default="timm-32,timm-bf16,ours-bf16,ours-bf16-compile,ours-32",
                         help=f"comma-separated subset of {','.join(RUNS)}")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -183,15 +189,15 @@ def main() -> None:
     results = {key: run_one(key, args) for key in runs}
     best_timm = max((max(r[0]) for k, r in results.items() if k.startswith("timm")), default=None)
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}\n")
-    print(f"| {'run':<34} | {'img/s best':>10} | {'median':>6} | {'vs best timm':>12} | {'GFLOP/s':>7} "
+    print(f"| {'run':<38} | {'img/s best':>10} | {'median':>6} | {'vs best timm':>12} | {'GFLOP/s':>7} "
           f"| {'of peak':>7} |")
-    print(f"|{'-' * 36}|{'-' * 12}|{'-' * 8}|{'-' * 14}|{'-' * 9}|{'-' * 9}|")
+    print(f"|{'-' * 40}|{'-' * 12}|{'-' * 8}|{'-' * 14}|{'-' * 9}|{'-' * 9}|")
     for key, (ips, flops) in results.items():
         name, prec = RUNS[key]
         best = max(ips)
         gflops = best * flops / 1e9
         ratio = f"{best / best_timm:.2f}x" if best_timm else "-"
-        print(f"| {name:<34} | {best:10.0f} | {statistics.median(ips):6.0f} | {ratio:>12} | {gflops:7.0f} "
+        print(f"| {name:<38} | {best:10.0f} | {statistics.median(ips):6.0f} | {ratio:>12} | {gflops:7.0f} "
               f"| {100 * gflops / peak[prec]:6.0f}% |")
     flops = next(iter(results.values()))[1]
     print(f"\ntraining FLOPs per image (forward + backward, FlopCounterMode): {flops / 1e9:.3f} GFLOP")

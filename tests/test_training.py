@@ -127,6 +127,27 @@ def test_resume_after_sigkill_ends_at_the_same_step(tmp_path: Path) -> None:
     assert resumed["epoch"] == whole["epoch"]
 
 
+def test_compiled_fit_with_conv_stem_checkpoints_plain_weights(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile: true`` trains the compiled ViT (conv stem left eager), validates eagerly and
+    writes the same state-dict keys as an eager run."""
+    from torch._dynamo.utils import counters
+
+    folder = make_image_folder(tmp_path / "images")
+    monkeypatch.chdir(tmp_path)
+    torch._dynamo.reset()
+    counters.clear()
+    main(fit_args(folder, tmp_path / "cache", "--trainer.max_epochs", "1", "--model.compile", "true",
+                  "--model.stem", "conv"))
+    assert counters["stats"]["unique_graphs"] >= 1  # the Transformer was compiled
+    ckpt = torch.load(tmp_path / "runs" / "smoke" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 3 and ckpt["vit"]["config"]["stem"] == "conv"
+    keys = set(ckpt["state_dict"])
+    assert not any("_orig_mod" in k for k in keys) and "model.patch_embed.convs.0.weight" in keys
+    model, _ = load_vit(tmp_path / "runs" / "smoke" / "checkpoints" / "last.ckpt")
+    assert set(model.state_dict()) == {k.removeprefix("model.") for k in keys if k.startswith("model.")}
+
+
 def timm_checkpoint(tmp_path: Path, fmt: str) -> tuple[Path, dict[str, torch.Tensor]]:
     """A randomly initialised timm ViT (16x16 images, 5 classes, 2 heads of 32) saved as ``fmt``."""
     from timm.models.vision_transformer import VisionTransformer

@@ -169,3 +169,27 @@ def test_conv_stem_config_errors() -> None:
         ViTConfig(stem="resnet")
     with pytest.raises(ValueError, match="power-of-two patch_size"):
         ViTConfig(image_size=36, patch_size=6, stem="conv")
+
+
+@pytest.mark.parametrize("stem,class_token", [("patch", True), ("conv", False)])
+def test_bf16_autocast_keeps_the_token_stream_bf16(stem: str, class_token: bool) -> None:
+    cfg = ViTConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=3, stem=stem,
+                    class_token=class_token, global_pool="token" if class_token else "avg",
+                    layer_scale_init=1e-5)
+    model = ViT(cfg).train()
+    seen: list[torch.dtype] = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _m, _args, out: seen.append(out[0].dtype))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    assert seen == [torch.bfloat16] * 2 and logits.dtype == torch.bfloat16
+    logits.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
+    seen.clear()
+    with torch.no_grad():  # no autocast: float32 throughout, and close to the bf16 result
+        reference = model.eval()(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x)
+    assert seen == [torch.float32] * 2 + [torch.bfloat16] * 2 and reference.dtype == torch.float32
+    torch.testing.assert_close(low.float(), reference, atol=0.1, rtol=0.05)

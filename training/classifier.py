@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vit.checkpoint import load_vit
 from vit.preprocess import Preprocess
-from vit.vit import ViT, ViTConfig
+from vit.vit import ConvStem, ViT, ViTConfig
 
 from .optim import WarmupCosine, param_groups
 
@@ -145,7 +146,7 @@ class ImageClassifier(L.LightningModule):
             for stage in ("train", "val", "test") for name, top_k in (("acc", 1), ("acc5", 5))
         }).to(self.device)
         if self.hparams.compile:
-            model.compile()
+            _compile(model)
 
     def _load_pretrained(self, path: str) -> ViT:
         hp = self.hparams
@@ -177,16 +178,20 @@ class ImageClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------------ steps
     def forward(self, images: Tensor) -> Tensor:
+        """Logits (B, K). With ``compile``, training steps run the compiled ViT and
+        evaluation runs it eagerly (``ViT.forward`` directly): no recompiling for eval
+        mode or for a last, smaller batch, for a small share of the time."""
         explicit = self.hparams.explicit_attention
         if explicit is None:
             explicit = images.device.type == "cpu"
+        run = self.model if self.training else self.model.forward
         if explicit:  # the explicit path returns the weights it computed; they are not kept
-            return self.model(images, return_attention=True)[0]
-        return self.model(images)
+            return run(images, return_attention=True)[0]
+        return run(images)
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels, targets = batch
-        logits = self(images)
+        logits = self(images).float()
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
         self._log_metrics("train", loss, logits, labels)
         return loss
@@ -199,7 +204,7 @@ class ImageClassifier(L.LightningModule):
 
     def _eval_step(self, stage: str, batch: tuple[Tensor, Tensor]) -> None:
         images, labels = batch
-        logits = self(images)
+        logits = self(images).float()
         self._log_metrics(stage, F.cross_entropy(logits, labels), logits, labels)
 
     def _log_metrics(self, stage: str, loss: Tensor, logits: Tensor, labels: Tensor) -> None:
@@ -290,3 +295,17 @@ class ImageClassifier(L.LightningModule):
             self.preprocess = Preprocess(**record["preprocess"])
         self.best_val_acc = record.get("val_acc")
         self.source = record.get("source", self.source)
+
+
+def _compile(model: ViT) -> None:
+    """``torch.compile`` the ViT in place, leaving a convolutional stem eager (compiled, it
+    trained slower than eager on the 2-core CPU). On that CPU the compiled bf16 training step
+    is about as fast as the eager one (``benchmarks/train_throughput.py``): inductor fuses the
+    elementwise work but its GELU and softmax kernels are slower than ATen's. On a CPU without
+    a C++ compiler (which the CPU backend needs) it warns and stays eager."""
+    if not torch.cuda.is_available() and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        log.warning("model.compile: no C++ compiler found for torch.compile on CPU; training eagerly")
+        return
+    if isinstance(model.patch_embed, ConvStem):
+        model.patch_embed.forward = torch.compiler.disable(model.patch_embed.forward)
+    model.compile()

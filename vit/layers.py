@@ -52,4 +52,4 @@ class LayerScale(nn.Module):
         self.gamma = nn.Parameter(torch.full((dim,), init))
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * self.gamma
+        return x * self.gamma.to(x.dtype)  # keeps a bf16 stream bf16 (see ViT._pos_embed)

@@ -251,12 +251,17 @@ class ViT(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def _pos_embed(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Prepend the class token and add position embeddings, in the dtype of the stem's
+        output ``x``: under bf16 autocast the token stream stays bf16 from here on (as in
+        Megatron's bf16 training) instead of being promoted to float32 by the float32
+        parameters and cast back before every linear layer. No change in float32."""
         cfg = self.config
         n_prefix = 0 if cfg.no_embed_class else self.num_prefix_tokens
-        pos_prefix, pos = self.pos_embed[:, :n_prefix], self.pos_embed[:, n_prefix:]
+        pos_embed = self.pos_embed.to(x.dtype)
+        pos_prefix, pos = pos_embed[:, :n_prefix], pos_embed[:, n_prefix:]
         pos = resample_pos_embed(pos, self.grid_size, grid)  # (1, Gh*Gw, D)
         if self.cls_token is not None:
-            cls = self.cls_token.expand(x.shape[0], -1, -1)  # (B, 1, D)
+            cls = self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, 1, D)
             if cfg.no_embed_class:
                 return torch.cat([cls, x + pos], dim=1)  # (B, N, D)
             x = torch.cat([cls, x], dim=1)  # (B, N, D)
