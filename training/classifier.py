@@ -93,7 +93,12 @@ class ImageClassifier(L.LightningModule):
 
     # ------------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
-        """Take class names, class count, image size and preprocessing from the data module."""
+        self._read_data_module()
+
+    def _read_data_module(self) -> None:
+        """Take class names, class count, image size and preprocessing from the data module.
+        Also called from :meth:`configure_model`, which callbacks such as
+        ``EMAWeightAveraging`` call before the module's own ``setup``."""
         dm = self.trainer.datamodule if self._trainer is not None else None
         names = getattr(dm, "class_names", None)
         if names:
@@ -123,6 +128,8 @@ class ImageClassifier(L.LightningModule):
         if self.model is not None:
             return
         hp = self.hparams
+        if hp.num_classes is None or hp.image_size is None:
+            self._read_data_module()
         if hp.vit and set(ViTConfig.__dataclass_fields__) <= set(hp.vit):  # saved by an earlier build
             model = ViT(ViTConfig(**hp.vit))
         elif hp.pretrained:
