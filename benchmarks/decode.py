@@ -20,8 +20,9 @@ from functools import partial
 
 import torch
 
+from vit.checkpoint import load_seq2seq
 from vit.decoding import beam_search, greedy_decode
-from vit.seq2seq import Seq2Seq, Seq2SeqConfig, load_seq2seq
+from vit.seq2seq import Seq2Seq, Seq2SeqConfig
 
 
 def random_model(vocab: int = 8000) -> Seq2Seq:

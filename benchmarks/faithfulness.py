@@ -10,7 +10,7 @@ needs. Maps compared:
 
     rollout          attention rollout (vit/rollout.py), --head-fusion / --discard-ratio
     raw-last-layer   the last layer's class-token attention, mean over heads
-    gradient         gradient-weighted rollout for the true class (demo/explain.py)
+    gradient         gradient-weighted rollout for the true class (vit/relevance.py)
     random           a random order (the reference a useful map must beat)
 
     python benchmarks/faithfulness.py --checkpoint run/best.ckpt --data path/to/val \\
@@ -36,9 +36,9 @@ if __package__ in (None, ""):  # run as a script from anywhere: make the project
 
 from PIL import Image  # noqa: E402
 
-from demo.explain import class_relevance, forward_with_attention, patch_grid  # noqa: E402
 from vit.checkpoint import load_vit  # noqa: E402
 from vit.preprocess import Preprocess, preprocess_image  # noqa: E402
+from vit.relevance import class_relevance, forward_with_attention, patch_grid  # noqa: E402
 from vit.rollout import attention_rollout, raw_attention  # noqa: E402
 from vit.vit import ViT  # noqa: E402
 

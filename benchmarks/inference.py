@@ -31,9 +31,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.images import labeled_images, load_image  # noqa: E402
-from export.onnx_export import export_graph, optimize, quantize_int8  # noqa: E402
+from export.images import load_image  # noqa: E402
+from export.vit_onnx import export_graph, optimize, quantize_int8  # noqa: E402
 from vit.checkpoint import load_vit  # noqa: E402
+from vit.image_folder import labeled_images  # noqa: E402
 from vit.preprocess import Preprocess, preprocess_image  # noqa: E402
 from vit.vit import ViT, ViTConfig  # noqa: E402
 

@@ -109,7 +109,7 @@ def ours(root: Path, precision: str, batch: int, warmup: int, steps: int, n_wind
     ImageClassifier in a Trainer."""
     import lightning as L
 
-    from training.classifier import ImageClassifier
+    from training.image_classifier import ImageClassifier
     from training.image_data import ImageFolderData
 
     class StepTimer(L.Callback):

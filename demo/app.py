@@ -22,11 +22,11 @@ from typing import Any
 
 import gradio as gr
 
-from export.predict import DEFAULT_MODEL  # the shipped model, models/ in the repository
+from vit.paths import DEFAULT_CLASSIFIER  # the shipped model, models/ in the repository
+from vit.rollout import HEAD_FUSIONS
 
 from .backend import Backend, ModelCard, load_backend
 from .views import (
-    HEAD_FUSIONS,
     VIEWS,
     Session,
     UploadError,
@@ -216,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vit-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", type=Path, default=None,
                    help=f"an .onnx file (served without torch) or a .ckpt/.safetensors checkpoint "
-                        f"(default: {DEFAULT_MODEL})")
+                        f"(default: {DEFAULT_CLASSIFIER})")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
@@ -230,7 +230,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model = args.model or DEFAULT_MODEL
+    model = args.model or DEFAULT_CLASSIFIER
     if not model.is_file():
         print(NO_MODEL.format(path=model), file=sys.stderr)
         return 2

@@ -77,7 +77,7 @@ class OnnxBackend:
     """Serves an ONNX file through :class:`export.OnnxClassifier` (no torch)."""
 
     def __init__(self, path: str | Path, providers: str | list[str] | None = None) -> None:
-        from export.classifier import OnnxClassifier
+        from export.onnx_classifier import OnnxClassifier
 
         self.classifier = OnnxClassifier(path, providers=providers)
         info = self.classifier.info
@@ -105,7 +105,7 @@ class OnnxBackend:
 
 class TorchBackend:
     """Serves a project checkpoint through PyTorch and adds the gradient-weighted,
-    class-specific map of :mod:`demo.explain`."""
+    class-specific map of :mod:`vit.relevance`."""
 
     def __init__(self, path: str | Path) -> None:
         import torch  # noqa: F401  (only here: the ONNX path never imports torch)
@@ -130,7 +130,7 @@ class TorchBackend:
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
         import torch
 
-        from .explain import forward_with_attention
+        from vit.relevance import forward_with_attention
 
         pixels = preprocess_image(image, self.card.preprocess)  # (3, H, W)
         logits, attention = forward_with_attention(self.model, torch.from_numpy(pixels)[None])
@@ -146,7 +146,7 @@ class TorchBackend:
     def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None:
         import torch
 
-        from .explain import class_relevance
+        from vit.relevance import class_relevance
 
         return class_relevance(self.model, torch.from_numpy(pixels)[None], class_index)[0]  # (Gh, Gw)
 

@@ -1,8 +1,7 @@
 """The demo's Translate tab: German in, English out, and the cross-attention alignment.
 
 ``build_translate_tab(translator)`` fills the current ``gr.Tab`` (or any Blocks context):
-a German text box, the English translation, a beam-width slider (PyTorch checkpoints
-only; exported ONNX models decode greedily) and a heatmap of the cross-attention of one
+a German text box, the English translation, a beam-width slider and a heatmap of the cross-attention of one
 decoder layer, averaged over heads -- source tokens (rows) x generated tokens (columns).
 The layer slider redraws the map from the alignment kept in the session, without
 translating again. Events: ``translate`` (button and Enter) and ``translate_alignment``.
@@ -16,7 +15,7 @@ import gradio as gr
 import numpy as np
 from matplotlib.figure import Figure
 
-from export.translate import Translation, Translator, load_translator
+from export.translator import Translation, Translator, load_translator
 
 EXAMPLES = [
     "Ein Mann fährt mit dem Fahrrad eine Straße entlang.",
@@ -28,9 +27,9 @@ EXAMPLES = [
 
 def alignment_figure(t: Translation | None, layer: int) -> Figure | None:
     """Heatmap of decoder layer ``layer`` (1-based) for one translation, or ``None``."""
-    if t is None or t.alignment is None or not t.out_tokens:
+    if t is None or t.attention is None or not t.out_tokens:
         return None
-    weights = t.alignment[min(max(layer, 1), t.alignment.shape[0]) - 1].T  # (S, T)
+    weights = t.attention[min(max(layer, 1), t.attention.shape[0]) - 1].T  # (S, T)
     src = [tok.replace("▁", "") or "▁" for tok in t.src_tokens]
     out = [tok.replace("▁", "") or "▁" for tok in t.out_tokens]
     size = (max(4.0, 0.45 * len(out) + 1.5), max(3.0, 0.35 * len(src) + 1.2))
@@ -50,7 +49,7 @@ def translate_text(translator: Translator, text: str, beam: int,
                    layer: int) -> tuple[str, Figure | None, Translation]:
     """One input box -> (English text, heatmap, the translation kept for redraws)."""
     sentence = " ".join((text or "").split())  # one sentence: line breaks become spaces
-    (t,) = translator.translate([sentence], beam=int(beam), alignment=True)
+    (t,) = translator.translate([sentence], beam=int(beam), return_attention=True)
     if t.truncated:
         gr.Warning("The input was longer than the model's maximum length and was cut.")
     return t.text, alignment_figure(t, int(layer)), t
@@ -62,15 +61,13 @@ def build_translate_tab(translator: Translator | str | Path) -> None:
     if isinstance(translator, (str, Path)):
         translator = load_translator(translator)
     n_layers = translator.num_layers
-    beam_ok = getattr(translator, "supports_beam", False)
     kept = gr.State(None, time_to_live=3600)
     with gr.Row():
         with gr.Column():
             source = gr.Textbox(label="German", lines=3, placeholder="Ein Hund läuft über die Wiese.",
                                 elem_id="translate-source")
             with gr.Row():
-                beam = gr.Slider(1, 8, value=4 if beam_ok else 1, step=1, interactive=beam_ok,
-                                 label="Beam width" + ("" if beam_ok else " (ONNX model: greedy only)"))
+                beam = gr.Slider(1, 8, value=4, step=1, label="Beam width")
                 button = gr.Button("Translate", variant="primary")
             gr.Examples(EXAMPLES, inputs=source, label="Examples", api_name="translate_example")
         with gr.Column():

@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 
 MAX_PIXELS = 40_000_000  # 40 megapixels: a large phone photo is ~12-50 MP; bombs are refused unread
 VIEWS = ("Attention rollout", "Raw attention (one layer)")
-HEAD_FUSIONS = ("mean", "max", "min")
 
 
 class UploadError(ValueError):

@@ -1,8 +1,8 @@
 """ONNX export (needs torch) and torch-free ONNX serving.
 
 Imports are lazy: ``from export import OnnxClassifier`` loads onnxruntime, PIL and numpy
-only; the exporter (``export.onnx_export``, ``export.cli``) is the only part that imports
-torch.
+only; the exporters (``export.vit_onnx``, ``export.vit_export``, ``export.seq2seq_onnx``) and
+the PyTorch translator back end are the only parts that import torch.
 """
 
 from __future__ import annotations
@@ -11,16 +11,21 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "OnnxClassifier": "classifier",
-    "Prediction": "classifier",
-    "ModelInfo": "classifier",
+    "OnnxClassifier": "onnx_classifier",
+    "Prediction": "onnx_classifier",
+    "ModelInfo": "onnx_classifier",
     "ModelMetadata": "metadata",
     "read_metadata": "metadata",
     "ImageLoadError": "images",
     "load_image": "images",
     "find_images": "images",
-    "export_checkpoint": "cli",
-    "ExportOptions": "cli",
+    "Translation": "translator",
+    "Translator": "translator",
+    "load_translator": "translator",
+    "OnnxTranslator": "onnx_translator",
+    "export_checkpoint": "vit_export",
+    "ExportOptions": "vit_export",
+    "export_seq2seq": "seq2seq_onnx",
 }
 
 __all__ = sorted(_EXPORTS)

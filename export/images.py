@@ -16,9 +16,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
+from vit.image_folder import images_under
 
 
 class ImageLoadError(ValueError):
@@ -88,33 +86,11 @@ def find_images(args: Iterable[str | Path]) -> list[Path | Missing]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            found.extend(_images_under(path))
+            found.extend(images_under(path))
         else:
             matches = sorted(glob.glob(os.fspath(arg), recursive=True))
             files = [Path(m) for m in matches if Path(m).is_file()]
             for d in (Path(m) for m in matches if Path(m).is_dir()):
-                files.extend(_images_under(d))
+                files.extend(images_under(d))
             found.extend(files or [Missing(str(arg))])
     return found
-
-
-def _images_under(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def labeled_images(root: str | Path) -> tuple[list[Path], list[str] | None]:
-    """Images under ``root`` and, for an ImageFolder (``root/<class>/<image>``), the class
-    name of each; ``None`` for a folder without class subfolders."""
-    root = Path(root)
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root}: not a directory")
-    class_dirs = sorted(d for d in root.iterdir() if d.is_dir())
-    if not class_dirs:
-        return _images_under(root), None
-    paths: list[Path] = []
-    labels: list[str] = []
-    for d in class_dirs:
-        for p in _images_under(d):
-            paths.append(p)
-            labels.append(d.name)
-    return paths, labels

@@ -25,6 +25,8 @@ from typing import Any
 
 PREFIX = "vit."
 FORMAT_VERSION = 1
+OPSET = 18  # of every file the exporters write
+SEQ2SEQ_FILES = ("encoder.onnx", "decoder.onnx", "seq2seq.json")  # an exported translator's folder
 
 
 @dataclass
@@ -80,7 +82,6 @@ class ModelMetadata:
     @property
     def has_attention(self) -> bool:
         return "attention" in self.outputs
-
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from .classifier import OnnxClassifier
-from .images import ImageLoadError, Missing, find_images, load_image
+from vit.paths import DEFAULT_CLASSIFIER
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_MODEL = REPO_ROOT / "models" / "cifar10_vit.onnx"
+from .images import ImageLoadError, Missing, find_images, load_image
+from .onnx_classifier import OnnxClassifier
+
 CSV_FIELDS = ("path", "labels", "probabilities", "error")
 
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model = args.model
     if model is None:
-        model = DEFAULT_MODEL
+        model = DEFAULT_CLASSIFIER
         if not model.is_file():
             print(f"vit-predict: no model at {model}; train one with vit-train and export it with "
                   f"`vit-export CHECKPOINT -o {model}`, or pass --model FILE.onnx", file=sys.stderr)

@@ -91,7 +91,7 @@ class ParityReport:
         return "  ".join(parts)
 
 
-def torch_reference(model: ViT, inputs: np.ndarray, *, name: str, attention: bool,
+def torch_reference(model: ViT, inputs: np.ndarray, *, name: str, return_attention: bool,
                     labels: np.ndarray | None = None, batch_size: int = 64) -> Reference:
     """Run the PyTorch model (eval mode, float32) on ``inputs``."""
     model.eval()
@@ -99,14 +99,14 @@ def torch_reference(model: ViT, inputs: np.ndarray, *, name: str, attention: boo
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             x = torch.from_numpy(inputs[start:start + batch_size])
-            if attention:
+            if return_attention:
                 out, w = model(x, return_attention=True)
                 weights.append(torch.stack(w, dim=1).numpy())  # (B, L, H, N, N)
             else:
                 out = model(x)
             logits.append(out.numpy())
     return Reference(name, inputs, np.concatenate(logits),
-                     np.concatenate(weights) if attention else None, labels)
+                     np.concatenate(weights) if return_attention else None, labels)
 
 
 def run_onnx(path: str | Path, inputs: np.ndarray) -> dict[str, np.ndarray]:

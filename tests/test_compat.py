@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from export.classifier import OnnxClassifier
-from export.translate import TorchTranslator, load_translator
-from vit.checkpoint import load_vit
+from export.onnx_classifier import OnnxClassifier
+from export.torch_translator import TorchTranslator
+from export.translator import load_translator
+from vit.checkpoint import load_seq2seq, load_vit
 from vit.decoding import beam_search, greedy_decode
-from vit.seq2seq import load_seq2seq
 
 DATA = Path(__file__).resolve().parent / "data" / "compat"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -62,13 +62,13 @@ def test_translator_checkpoints_decode_the_recorded_tokens(name: str, text_ref: 
     arrays, texts = text_ref
     model, record = load_seq2seq(DATA / name)
     src = torch.from_numpy(arrays["src"])
-    greedy = greedy_decode(model, src, need_weights=True)
-    assert torch.equal(greedy.tokens, torch.from_numpy(arrays["greedy"]))
-    np.testing.assert_allclose(greedy.scores.numpy(), arrays["greedy_scores"], atol=1e-4)
-    np.testing.assert_allclose(torch.stack(greedy.cross_weights, 1).numpy(), arrays["cross_attention"],
-                               atol=1e-5)
+    greedy = greedy_decode(model, src, return_attention=True)
+    np.testing.assert_array_equal(greedy.tokens, arrays["greedy"])
+    np.testing.assert_allclose(greedy.scores, arrays["greedy_scores"], atol=1e-4)
+    np.testing.assert_allclose(greedy.attention, arrays["cross_attention"], atol=1e-5)
     beam = beam_search(model, src, beam_size=3)
-    assert torch.equal(beam.tokens, torch.from_numpy(arrays["beam"]))
+    np.testing.assert_array_equal(beam.tokens, arrays["beam"])
+    np.testing.assert_allclose(beam.scores, arrays["beam_scores"], atol=1e-4)
     with torch.no_grad():
         logits = model.decode(torch.from_numpy(arrays["tgt_in"]), model.encode(src)).logits
     np.testing.assert_allclose(logits.numpy(), arrays["logits"], atol=1e-4, rtol=0)
@@ -81,3 +81,4 @@ def test_translator_onnx_folder_translates_as_recorded(text_ref: tuple) -> None:
     _, texts = text_ref
     translator = load_translator(DATA / "seq2seq_onnx")
     assert [t.text for t in translator.translate(texts["sentences"])] == texts["translations"]
+    assert [t.text for t in translator.translate(texts["sentences"], beam=3)] == texts["beam3"]

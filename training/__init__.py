@@ -1,3 +1,5 @@
-"""Training with Lightning: ``vit-train`` (:mod:`training.cli`), the image classifier
-(:mod:`training.classifier`), ImageFolder data (:mod:`training.image_data`,
-:mod:`training.data`, :mod:`training.augment`) and optimizer groups (:mod:`training.optim`)."""
+"""Training with Lightning: ``vit-train`` (:mod:`training.train`). Images: the classifier
+(:mod:`training.image_classifier`), ImageFolder data (:mod:`training.image_data`,
+:mod:`training.image_cache`, :mod:`training.augment`). Text: the translator
+(:mod:`training.translation`) and parallel text (:mod:`training.text_data`). Shared:
+optimizer groups and schedules (:mod:`training.optim`), callbacks (:mod:`training.callbacks`)."""

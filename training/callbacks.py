@@ -24,11 +24,13 @@ def batch_size_of(batch: Any) -> int:
 
 
 class Throughput(L.Callback):
-    """Logs training samples per second (``<unit>/s``, e.g. ``img/s``) on the progress bar
-    and to the loggers, measured over the last ``window`` batches of the current epoch.
+    """Logs training samples per second (``<unit>/s``, e.g. ``img/s`` or ``tok/s``) on the
+    progress bar and to the loggers, measured over the last ``window`` batches of the
+    current epoch. A batch counts what the module's ``batch_units(batch)`` says, if it has
+    one (the translator counts tokens), else the leading size of its first tensor.
 
     Lightning's ``ThroughputMonitor`` logs only to loggers and needs a batch-size function
-    in code; this one works from YAML for any batch whose first tensor is batch-major.
+    in code; this one works from YAML.
     """
 
     def __init__(self, unit: str = "img", window: int = 20) -> None:
@@ -43,7 +45,8 @@ class Throughput(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         self._times.append(time.perf_counter())
-        self._sizes.append(batch_size_of(batch))
+        count = getattr(pl_module, "batch_units", None)
+        self._sizes.append(count(batch) if callable(count) else batch_size_of(batch))
         self._times, self._sizes = self._times[-self.window - 1:], self._sizes[-self.window:]
         elapsed = self._times[-1] - self._times[0]
         if elapsed > 0:

@@ -2,7 +2,7 @@
 
 Two loading modes, one recipe:
 
-* ``cache``: every image is decoded once (:mod:`training.data`) into a uint8 tensor kept
+* ``cache``: every image is decoded once (:mod:`training.image_cache`) into a uint8 tensor kept
   on disk; an epoch only indexes that tensor, and augmentation runs on whole batches after
   they reach the device (:class:`training.augment.BatchAugment`). No per-image Python.
 * ``stream``: DataLoader workers decode and augment each image with torchvision v2
@@ -29,22 +29,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from vit.errors import DataError
+from vit.image_folder import FolderIndex, images_under, list_classes, resolve_root, scan_folder, split_indices
 from vit.preprocess import CIFAR10_MEAN, CIFAR10_STD, Preprocess
 
 from .augment import Augment, BatchAugment, Normalize, image_transform
-from .data import (
-    IMAGE_EXTENSIONS,
-    DataError,
-    DecodedImages,
-    FolderIndex,
-    cached_decode,
-    list_classes,
-    readable_header,
-    resolve_root,
-    scan_folder,
-    split_indices,
-    try_load_image,
-)
+from .image_cache import DecodedImages, cached_decode, readable_header, try_load_image
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +232,7 @@ class ImageFolderData(L.LightningDataModule):
 
     def _setup_predict(self, folder: str) -> None:
         root = resolve_root(folder)
-        files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        files = [f for f in files if readable_header(f)]
+        files = [f for f in images_under(root) if readable_header(f)]
         if not files:
             raise DataError(f"{root}: no image files to predict")
         self.predict_files = [str(f) for f in files]

@@ -4,7 +4,9 @@
   the two token tensors), as in DeiT/timm.
 * Layer-wise lr decay (BEiT, Bao et al. 2022): block i of L gets ``lr * decay**(L + 1 - (i+1))``,
   the embeddings ``lr * decay**(L + 1)``, the final norm and head the full ``lr``.
-* Schedule: linear warmup from 0, then cosine decay to ``min_lr``, stepped per optimizer step.
+* Schedules: linear warmup from 0, then cosine decay to ``min_lr``, stepped per optimizer
+  step (:class:`WarmupCosine`); or the Transformer paper's inverse square root
+  (:class:`WarmupInverseSqrt`).
 """
 
 from __future__ import annotations
@@ -61,3 +63,15 @@ class WarmupCosine:
             return (step + 1) / (self.warmup_steps + 1)
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))
         return self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class WarmupInverseSqrt:
+    """lr factor at optimizer step ``step``: linear warmup, then ``sqrt(warmup / step)``
+    (Vaswani et al. 2017, eq. 3, normalised to 1 at the end of warmup). Plain state."""
+
+    def __init__(self, warmup_steps: int) -> None:
+        self.warmup_steps = max(1, warmup_steps)
+
+    def __call__(self, step: int) -> float:
+        step += 1
+        return min(step / self.warmup_steps, math.sqrt(self.warmup_steps / step))

@@ -6,7 +6,7 @@ word boundaries, punctuation split off) is trained on the training split, jointl
 both languages or one per language. Its special tokens are ``<pad> <bos> <eos> <unk>``
 (ids 0-3, but every consumer reads them from the tokenizer), and its post-processor
 appends ``<eos>`` to every encoding, so the tokenizer JSON alone says how a sentence
-becomes model input. Decoding with ``skip_special_tokens`` gives detokenized text back.
+becomes model input (:mod:`vit.text_codec` reads, writes and applies it).
 
 Batches hold about ``max_tokens`` padded positions of the longer side: sentences are
 sorted by length (ties broken at random each epoch) and cut into batches, whose order is
@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,11 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from training.data import DataError
+from vit.errors import DataError
+from vit.text_codec import EOS, SPECIAL_TOKENS, UNK, TextCodec
 
 log = logging.getLogger(__name__)
 
-PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
-SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 MULTI30K = "../shared/data/multi30k"  # relative to the repository root (the working directory)
 
 
@@ -92,71 +90,6 @@ def train_tokenizer(texts: Sequence[str], *, kind: str = "bpe", vocab_size: int 
     eos = tokenizer.token_to_id(EOS)
     tokenizer.post_processor = processors.TemplateProcessing(single=f"$A {EOS}", special_tokens=[(EOS, eos)])
     return tokenizer
-
-
-@dataclass
-class TextTokenizers:
-    """Source and target tokenizers (the same object for a joint vocabulary)."""
-
-    src: Tokenizer
-    tgt: Tokenizer
-
-    @property
-    def joint(self) -> bool:
-        return self.src is self.tgt
-
-    def special_ids(self) -> dict[str, int]:
-        """``pad_id``, ``bos_id``, ``eos_id`` of the target side (the source shares ``pad``)."""
-        names = (("pad", PAD), ("bos", BOS), ("eos", EOS))
-        ids = {f"{name}_id": self.tgt.token_to_id(tok) for name, tok in names}
-        if None in ids.values() or self.src.token_to_id(PAD) != ids["pad_id"]:
-            raise TextDataError(f"tokenizers lack the special tokens {SPECIAL_TOKENS} at equal ids")
-        return ids
-
-    def to_record(self) -> dict[str, str | None]:
-        """The tokenizer JSON strings as stored in a checkpoint's ``seq2seq`` record."""
-        tgt = None if self.joint else self.tgt.to_str()
-        return {"src_tokenizer": self.src.to_str(), "tgt_tokenizer": tgt}
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> TextTokenizers:
-        src = Tokenizer.from_str(record["src_tokenizer"])
-        tgt = Tokenizer.from_str(record["tgt_tokenizer"]) if record.get("tgt_tokenizer") else src
-        return cls(src, tgt)
-
-    def files(self) -> dict[str, Tokenizer]:
-        return {"tokenizer.json": self.src} if self.joint else {"src_tokenizer.json": self.src,
-                                                                 "tgt_tokenizer.json": self.tgt}
-
-    def save(self, directory: str | Path) -> None:
-        """Write ``tokenizer.json`` (joint) or ``src_``/``tgt_tokenizer.json`` atomically."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        for name, tok in self.files().items():
-            tmp = directory / f".{name}.tmp"
-            tmp.write_text(tok.to_str(), encoding="utf-8")
-            tmp.replace(directory / name)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> TextTokenizers:
-        directory = Path(directory)
-        if (directory / "tokenizer.json").is_file():
-            tok = Tokenizer.from_file(str(directory / "tokenizer.json"))
-            return cls(tok, tok)
-        try:
-            return cls(Tokenizer.from_file(str(directory / "src_tokenizer.json")),
-                       Tokenizer.from_file(str(directory / "tgt_tokenizer.json")))
-        except Exception as exc:
-            raise TextDataError(
-                f"{directory}: no tokenizer.json nor src_tokenizer.json + tgt_tokenizer.json"
-            ) from exc
-
-
-def encode(tokenizer: Tokenizer, lines: Sequence[str]) -> list[np.ndarray]:
-    """Token ids of each line, ending in ``<eos>``, as int32 arrays (no truncation)."""
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return [np.asarray(e.ids, dtype=np.int32) for e in tokenizer.encode_batch(list(lines))]
 
 
 class ParallelDataset(Dataset):
@@ -286,16 +219,16 @@ class TextDataModule(L.LightningDataModule):
         if max_sentence_len < 2:
             raise TextDataError(f"TextDataModule.max_sentence_len must be >= 2, got {max_sentence_len}")
         self.save_hyperparameters()
-        self.tokenizers: TextTokenizers | None = None
+        self.codec: TextCodec | None = None
         self.train_set: ParallelDataset | None = None
         self.val_set: ParallelDataset | None = None
 
     # -- tokenizer -------------------------------------------------------------------
-    def build_tokenizers(self, src_lines: Sequence[str], tgt_lines: Sequence[str]) -> TextTokenizers:
+    def build_codec(self, src_lines: Sequence[str], tgt_lines: Sequence[str]) -> TextCodec:
         hp = self.hparams
         saved = Path(hp.tokenizer_dir) if hp.tokenizer_dir else None
         if saved is not None and saved.is_dir() and any(saved.glob("*.json")):
-            toks = TextTokenizers.load(hp.tokenizer_dir)
+            toks = TextCodec.load(hp.tokenizer_dir)
             if toks.joint != hp.joint_vocab:
                 kind = "joint" if toks.joint else "per-language"
                 raise TextDataError(f"{saved}: holds a {kind} tokenizer but joint_vocab={hp.joint_vocab}")
@@ -303,10 +236,9 @@ class TextDataModule(L.LightningDataModule):
             return toks
         kw = dict(kind=hp.tokenizer, vocab_size=hp.vocab_size, min_frequency=hp.min_frequency)
         if hp.joint_vocab:
-            tok = train_tokenizer(list(src_lines) + list(tgt_lines), **kw)
-            toks = TextTokenizers(tok, tok)
+            toks = TextCodec(train_tokenizer(list(src_lines) + list(tgt_lines), **kw))
         else:
-            toks = TextTokenizers(train_tokenizer(src_lines, **kw), train_tokenizer(tgt_lines, **kw))
+            toks = TextCodec(train_tokenizer(src_lines, **kw), train_tokenizer(tgt_lines, **kw))
         log.info("trained %s tokenizer: %d source / %d target subwords", hp.tokenizer,
                  toks.src.get_vocab_size(), toks.tgt.get_vocab_size())
         if hp.tokenizer_dir:
@@ -315,14 +247,14 @@ class TextDataModule(L.LightningDataModule):
 
     # -- Lightning hooks -------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
-        if self.tokenizers is not None:
+        if self.codec is not None:
             return
         hp = self.hparams
         train_src, train_tgt = read_parallel(hp.train_src, hp.train_tgt)
         val_src, val_tgt = read_parallel(hp.val_src, hp.val_tgt)
-        self.tokenizers = toks = self.build_tokenizers(train_src, train_tgt)
+        self.codec = toks = self.build_codec(train_src, train_tgt)
         self.special_ids = toks.special_ids()
-        src_ids, tgt_ids = encode(toks.src, train_src), encode(toks.tgt, train_tgt)
+        src_ids, tgt_ids = toks.encode_lines(train_src, "src"), toks.encode_lines(train_tgt, "tgt")
         keep = [i for i in range(len(src_ids))
                 if 1 < len(src_ids[i]) <= hp.max_sentence_len and 1 < len(tgt_ids[i]) <= hp.max_sentence_len]
         if len(keep) < len(src_ids):
@@ -334,8 +266,8 @@ class TextDataModule(L.LightningDataModule):
             )
         self.train_set = ParallelDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep],
                                          [train_tgt[i] for i in keep])
-        vsrc = [_truncate(s, hp.max_sentence_len) for s in encode(toks.src, val_src)]
-        vtgt = [_truncate(t, hp.max_sentence_len) for t in encode(toks.tgt, val_tgt)]
+        vsrc = [_truncate(s, hp.max_sentence_len) for s in toks.encode_lines(val_src, "src")]
+        vtgt = [_truncate(t, hp.max_sentence_len) for t in toks.encode_lines(val_tgt, "tgt")]
         self.val_set = ParallelDataset(vsrc, vtgt, val_tgt)
         self.collate = Collate(self.special_ids["pad_id"], self.special_ids["bos_id"])
 

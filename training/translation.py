@@ -11,16 +11,14 @@ of steps it ends at a low rate, which helps small runs).
 
 The model's vocabulary sizes and special ids come from the data module's tokenizers.
 Checkpoints carry ``checkpoint["seq2seq"]`` (config, tokenizer JSON, val BLEU; see
-:func:`vit.seq2seq.load_seq2seq`), load with ``torch.load(weights_only=True)``, and the
-tokenizer JSON is also written beside them.
+:mod:`vit.checkpoint`), load with ``torch.load(weights_only=True)``, and the tokenizer JSON
+is also written beside them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +27,19 @@ import sacrebleu
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from training.optim import WarmupCosine
-from training.text_data import TextTokenizers
+from vit.attention import configure_attention
+from vit.checkpoint import SEQ2SEQ_KEY, legacy_seq2seq_name
 from vit.decoding import greedy_decode
-from vit.seq2seq import RECORD_KEY, Seq2Seq, Seq2SeqConfig
+from vit.seq2seq import Seq2Seq, Seq2SeqConfig
+from vit.text_codec import TextCodec
+
+from .optim import WarmupCosine, WarmupInverseSqrt
 
 log = logging.getLogger(__name__)
 
 ARCH_FIELDS = ("dim", "num_heads", "enc_depth", "dec_depth", "mlp_ratio", "activation", "dropout",
                "attn_dropout", "max_len", "share_embeddings", "tie_output", "norm_first")
-
-
-class WarmupInverseSqrt:
-    """lr factor at optimizer step ``step``: linear warmup, then ``sqrt(warmup / step)``
-    (Vaswani et al. 2017, eq. 3, normalised to 1 at the end of warmup). Plain state."""
-
-    def __init__(self, warmup_steps: int) -> None:
-        self.warmup_steps = max(1, warmup_steps)
-
-    def __call__(self, step: int) -> float:
-        step += 1
-        return min(step / self.warmup_steps, math.sqrt(self.warmup_steps / step))
 
 
 class TranslationModule(L.LightningModule):
@@ -87,9 +75,10 @@ class TranslationModule(L.LightningModule):
         attention_kernel: str = "math",
         seq2seq: dict[str, Any] | None = None,
     ) -> None:
-        """``attention_kernel``: ``"math"`` runs scaled dot-product attention with PyTorch's
-        math kernel, ``"auto"`` lets it choose. On CPU the flash kernel's backward pass is slow
-        for sentence-length sequences: the math kernel made a training step ~25% faster here.
+        """``attention_kernel``: ``"math"`` computes attention with the core's explicit path
+        (``configure_attention(fused=False)``), ``"auto"`` with ``F.scaled_dot_product_attention``
+        and the kernel PyTorch picks. On CPU the fused kernels' backward pass is slow for
+        sentence-length sequences (training/README.md).
         ``seq2seq``: a full config dict, filled in when the model is built (so that a
         checkpoint's hyperparameters rebuild the same model); leave it unset."""
         super().__init__()
@@ -105,24 +94,23 @@ class TranslationModule(L.LightningModule):
             raise ValueError(f"TranslationModule.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters()
         self.model: Seq2Seq | None = None
-        self.tokenizers: TextTokenizers | None = None
+        self.codec: TextCodec | None = None
         self.best_bleu: float | None = None
         self._val: dict[str, Any] = {}
-        self._clock: tuple[float, int] | None = None
 
     # ------------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
         """Take the tokenizers (vocabulary sizes, special ids) from the data module."""
         dm = self.trainer.datamodule if self._trainer is not None else None
-        toks = getattr(dm, "tokenizers", None)
+        toks = getattr(dm, "codec", None)
         if toks is None:
-            if self.tokenizers is None:
+            if self.codec is None:
                 raise ValueError("TranslationModule needs a data module with tokenizers (TextDataModule)")
             return
-        if self.tokenizers is not None and self.tokenizers.to_record() != toks.to_record():
+        if self.codec is not None and self.codec.to_record() != toks.to_record():
             raise ValueError("the data module's tokenizer differs from the model's; point "
                              "data.tokenizer_dir at the tokenizer this model was trained with")
-        self.tokenizers = toks
+        self.codec = toks
         data_len = getattr(dm.hparams, "max_sentence_len", 0)
         if data_len > self.hparams.max_len:
             raise ValueError(f"data.max_sentence_len={data_len} exceeds model.max_len={self.hparams.max_len}")
@@ -134,30 +122,28 @@ class TranslationModule(L.LightningModule):
         if hp.seq2seq:
             config = Seq2SeqConfig(**hp.seq2seq)
         else:
-            toks = self.tokenizers
+            toks = self.codec
             arch = {k: hp[k] for k in ARCH_FIELDS}
             if arch["share_embeddings"] and not toks.joint:
                 log.warning("share_embeddings needs a joint vocabulary; using separate embeddings")
                 arch["share_embeddings"] = False
             config = Seq2SeqConfig(src_vocab_size=toks.src.get_vocab_size(),
                                    tgt_vocab_size=toks.tgt.get_vocab_size(), **toks.special_ids(), **arch)
-        self.model = Seq2Seq(config)
-        hp.seq2seq = config.to_dict()
+        self._set_model(Seq2Seq(config))
         log.info("Seq2Seq with %.2fM parameters: %s", self.model.num_params() / 1e6, config)
+
+    def _set_model(self, model: Seq2Seq) -> None:
+        configure_attention(model, fused=self.hparams.attention_kernel != "math")
+        self.model = model
+        self.hparams.seq2seq = model.config.to_dict()
 
     # ------------------------------------------------------------------------ steps
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         return self.model(src, tgt_in)
 
-    def _kernel(self) -> contextlib.AbstractContextManager:
-        if self.hparams.attention_kernel == "math":
-            return sdpa_kernel(SDPBackend.MATH)
-        return contextlib.nullcontext()
-
     def _loss(self, batch: dict[str, Any], smoothing: float) -> tuple[Tensor, int]:
         """Mean cross-entropy over the non-pad target tokens, and their count."""
-        with self._kernel():
-            logits = self.model(batch["src"], batch["tgt_in"])  # (B, T, V)
+        logits = self.model(batch["src"], batch["tgt_in"])  # (B, T, V)
         target = batch["tgt_out"]  # (B, T)
         loss = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), label_smoothing=smoothing,
                                ignore_index=self.model.config.pad_id)
@@ -166,19 +152,13 @@ class TranslationModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, n_tokens = self._loss(batch, self.hparams.label_smoothing)
         self.log("train_loss", loss, prog_bar=True, batch_size=n_tokens)
-        self._log_throughput(n_tokens + int(batch["src"].ne(self.model.config.pad_id).sum()))
         return loss
 
-    def _log_throughput(self, n_tokens: int) -> None:
-        """Source + target tokens per second since the previous batch."""
-        now = time.perf_counter()
-        if self._clock is not None and now > self._clock[0]:
-            self.log("tok/s", self._clock[1] / (now - self._clock[0]), prog_bar=True, on_step=True,
-                     on_epoch=False)
-        self._clock = (now, n_tokens)
-
-    def on_train_epoch_start(self) -> None:
-        self._clock = None
+    def batch_units(self, batch: dict[str, Any]) -> int:
+        """Source + target tokens (no padding) of a batch: what ``training.callbacks.Throughput``
+        counts."""
+        pad = self.model.config.pad_id
+        return int(batch["src"].ne(pad).sum()) + int(batch["tgt_out"].ne(pad).sum())
 
     def on_validation_epoch_start(self) -> None:
         self._val = {"loss": 0.0, "tokens": 0, "hyps": [], "refs": []}
@@ -193,11 +173,7 @@ class TranslationModule(L.LightningModule):
 
     def translate_ids(self, src: Tensor) -> list[str]:
         """Greedy translations of a padded source batch, detokenized."""
-        with self._kernel():
-            tokens = greedy_decode(self.model, src).tokens.tolist()
-        eos = self.model.config.eos_id
-        ids = [row[: row.index(eos)] if eos in row else row for row in tokens]
-        return self.tokenizers.tgt.decode_batch(ids, skip_special_tokens=True)
+        return self.codec.decode_batch(greedy_decode(self.model, src).tokens.tolist())
 
     def on_validation_epoch_end(self) -> None:
         if not self._val.get("tokens"):
@@ -231,29 +207,29 @@ class TranslationModule(L.LightningModule):
 
     # ------------------------------------------------------------------------ checkpoint
     def seq2seq_record(self) -> dict[str, Any]:
-        """The checkpoint's ``seq2seq`` record (see :func:`vit.seq2seq.load_seq2seq`)."""
-        return {"config": self.model.config.to_dict(), **self.tokenizers.to_record(),
+        """The checkpoint's ``seq2seq`` record (see :mod:`vit.checkpoint`)."""
+        return {"config": self.model.config.to_dict(), **self.codec.to_record(),
                 "val_bleu": self.best_bleu, "source": "vit-train (training.translation.TranslationModule)"}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[RECORD_KEY] = self.seq2seq_record()
+        checkpoint[SEQ2SEQ_KEY] = self.seq2seq_record()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild the model and tokenizers from the checkpoint's record, which win over the
         configured ones (and must match the data module's tokenizer when training goes on)."""
-        record = checkpoint.get(RECORD_KEY)
+        record = checkpoint.get(SEQ2SEQ_KEY)
         if not record:
-            raise ValueError(f"checkpoint has no '{RECORD_KEY}' record; not a translation checkpoint")
-        toks = TextTokenizers.from_record(record)
-        if self.tokenizers is not None and self.tokenizers.to_record() != toks.to_record():
+            raise ValueError(f"checkpoint has no '{SEQ2SEQ_KEY}' record; not a translation checkpoint")
+        toks = TextCodec.from_record(record)
+        if self.codec is not None and self.codec.to_record() != toks.to_record():
             raise ValueError("the checkpoint's tokenizer differs from the data module's; point "
                              "data.tokenizer_dir at the tokenizer saved beside the checkpoint")
-        self.tokenizers = toks
+        self.codec = toks
         config = Seq2SeqConfig(**record["config"])
         if self.model is None or self.model.config != config:
-            self.model = Seq2Seq(config)
-        self.hparams.seq2seq = config.to_dict()
+            self._set_model(Seq2Seq(config))
         self.best_bleu = record.get("val_bleu")
+        _upgrade_legacy_names(checkpoint, self.model)
 
     def on_train_start(self) -> None:
         """Write the tokenizer JSON beside the checkpoints, so that a checkpoint folder
@@ -261,4 +237,28 @@ class TranslationModule(L.LightningModule):
         callback = self.trainer.checkpoint_callback
         dirpath = getattr(callback, "dirpath", None)
         if dirpath and self.trainer.is_global_zero:
-            self.tokenizers.save(Path(dirpath))
+            self.codec.save(Path(dirpath))
+
+
+def _upgrade_legacy_names(checkpoint: dict[str, Any], model: Seq2Seq) -> None:
+    """A checkpoint of a translator written under an earlier layout (see
+    :func:`vit.checkpoint.legacy_seq2seq_name`): rename its weights and put its optimizer
+    state in today's parameter order, so that training resumes exactly."""
+    state = checkpoint.get("state_dict", {})
+    if all(legacy_seq2seq_name(k) == k for k in state):
+        return
+    seen: set[int] = set()
+    old = []  # the earlier parameter order: state-dict order, shared tensors once
+    for name, tensor in state.items():
+        if tensor.data_ptr() not in seen:
+            seen.add(tensor.data_ptr())
+            old.append((legacy_seq2seq_name(name), tensor.ndim))
+    new = [("model." + name, p.ndim) for name, p in model.named_parameters()]
+    # configure_optimizers puts matrices in one group, vectors in the other, each in order
+    order = lambda params: [n for n, d in params if d > 1] + [n for n, d in params if d <= 1]
+    position = {name: i for i, name in enumerate(order(new))}
+    moved = {i: position[name] for i, name in enumerate(order(old))}
+    checkpoint["state_dict"] = {legacy_seq2seq_name(k): v for k, v in state.items()}
+    for opt in checkpoint.get("optimizer_states", []):
+        opt["state"] = {moved[i]: v for i, v in opt["state"].items()}
+    log.info("renamed the weights of a translator checkpoint written before the shared encoder block")

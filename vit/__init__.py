@@ -1,6 +1,7 @@
 """Vision Transformer and text Transformer on one attention core.
 
-Imports are lazy so that the torch-free parts (``vit.preprocess``) load without torch.
+Imports are lazy so that the torch-free parts (``vit.preprocess``, ``vit.rollout``,
+``vit.text_codec``, ``vit.decoding``, ``vit.image_folder``) load without torch.
 """
 
 from __future__ import annotations
@@ -13,12 +14,24 @@ _EXPORTS = {
     "KVCache": "attention",
     "padding_mask": "attention",
     "causal_mask": "attention",
+    "configure_attention": "attention",
+    "Block": "layers",
     "ViT": "vit",
     "ViTConfig": "vit",
     "Seq2Seq": "seq2seq",
     "Seq2SeqConfig": "seq2seq",
+    "greedy_decode": "decoding",
+    "beam_search": "decoding",
+    "TextCodec": "text_codec",
+    "DecodingRules": "text_codec",
     "load_vit": "checkpoint",
+    "save_vit": "checkpoint",
+    "load_seq2seq": "checkpoint",
+    "save_seq2seq": "checkpoint",
+    "vit_from_timm": "timm_weights",
     "Preprocess": "preprocess",
+    "ConfigError": "errors",
+    "DataError": "errors",
 }
 
 __all__ = sorted(_EXPORTS)

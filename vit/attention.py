@@ -18,6 +18,7 @@ return values, and the cache is passed back in explicitly.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -69,25 +70,17 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | None = None) -> T
     return k_pos <= q_pos  # (Tq, Tk)
 
 
-def combine_masks(*masks: Tensor | None) -> Tensor | None:
-    """AND together boolean masks (``None`` entries are skipped)."""
-    out: Tensor | None = None
-    for m in masks:
-        if m is None:
-            continue
-        out = m if out is None else out & m
-    return out
-
-
 def scaled_dot_product(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, *, dropout_p: float = 0.0
 ) -> tuple[Tensor, Tensor]:
-    """The explicit path: softmax(q k^T / sqrt(Dh) + mask) v, returning the weights.
+    """The explicit path, and the only place in the project where attention scores and their
+    softmax are computed: softmax(q k^T / sqrt(Dh) + mask) v, returning the weights.
 
     q (B, H, Tq, Dh), k and v (B, H, Tk, Dh) -> out (B, H, Tq, Dh), weights (B, H, Tq, Tk).
+    The scores are divided after the product: the pattern onnxruntime's attention fusion
+    recognises in an exported graph.
     """
-    scale = q.shape[-1] ** -0.5
-    scores = (q * scale) @ k.transpose(-2, -1)  # (B, H, Tq, Tk)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
     if mask is not None:
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
@@ -104,6 +97,15 @@ class MultiHeadAttention(nn.Module):
     ``cross=False``: self-attention; ``x`` gives queries, keys and values through one
     ``qkv`` linear layer (timm's layout). ``cross=True``: queries from ``x`` through ``q``,
     keys and values from ``context`` through ``kv``.
+
+    Two per-instance settings, set for a whole model with :func:`configure_attention`:
+    ``fused`` (default True) runs ``F.scaled_dot_product_attention`` unless weights are
+    asked for; False always takes the explicit path (:func:`scaled_dot_product`), which is
+    faster than PyTorch's fused CPU kernels for training at ViT and sentence lengths.
+    ``split_qkv`` (default False) is an export-time layout: q, k and v are projected by
+    three slices of the ``qkv`` weight and attention takes the explicit path -- the graph
+    onnxruntime's transformer optimizer fuses into its ``Attention`` operator. Same weights,
+    same function.
     """
 
     def __init__(
@@ -131,11 +133,27 @@ class MultiHeadAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.fused = True
+        self.split_qkv = False
 
     def _heads(self, t: Tensor, n: int) -> Tensor:
         # (B, T, n*D) -> (n, B, H, T, Dh)
         b, t_len, _ = t.shape
         return t.view(b, t_len, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def _self_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values (B, H, T, Dh) of self-attention."""
+        if not self.split_qkv:
+            q, k, v = self._heads(self.qkv(x), 3)
+            return q, k, v
+        b, t_len, dim = x.shape
+        bias = self.qkv.bias
+        out = []
+        for i in range(3):
+            part = slice(i * dim, (i + 1) * dim)
+            y = F.linear(x, self.qkv.weight[part], None if bias is None else bias[part])  # (B, T, D)
+            out.append(y.view(b, t_len, self.num_heads, self.head_dim).transpose(1, 2))  # (B, H, T, Dh)
+        return out[0], out[1], out[2]
 
     def project_context(self, context: Tensor) -> KVCache:
         """Cross-attention only: the context's projected keys and values (B, H, Tk, Dh),
@@ -154,7 +172,7 @@ class MultiHeadAttention(nn.Module):
         causal: bool = False,
         cache: KVCache | None = None,
         use_cache: bool = False,
-        need_weights: bool = False,
+        return_attention: bool = False,
     ) -> Attended:
         """Attend from ``x`` (B, Tq, D) to itself or to ``context`` (B, Tk, Dc).
 
@@ -165,7 +183,7 @@ class MultiHeadAttention(nn.Module):
             are appended; for cross-attention, the context's projected keys/values,
             reused instead of projecting ``context`` again (``context`` may be ``None``).
         use_cache: return the (updated) cache.
-        need_weights: take the explicit path and return weights (B, H, Tq, Tk).
+        return_attention: take the explicit path and return weights (B, H, Tq, Tk).
         """
         b, q_len, _ = x.shape
         if self.cross:
@@ -181,23 +199,25 @@ class MultiHeadAttention(nn.Module):
         else:
             if context is not None:
                 raise ValueError("self-attention got a context; build the layer with cross=True")
-            q, k, v = self._heads(self.qkv(x), 3)  # (B, H, Tq, Dh) each
+            q, k, v = self._self_qkv(x)  # (B, H, Tq, Dh) each
             if cache is not None:
                 k = torch.cat([cache.key, k], dim=2)  # (B, H, P + Tq, Dh)
                 v = torch.cat([cache.value, v], dim=2)
         new_cache = KVCache(k, v) if use_cache else None
 
         k_len = k.shape[2]
+        explicit = return_attention or not self.fused or self.split_qkv
         is_causal = False
         if causal and q_len > 1:
-            if mask is None and k_len == q_len and not need_weights:
+            if mask is None and k_len == q_len and not explicit:
                 is_causal = True  # SDPA's own causal kernel
             else:
                 mask = _with_causal(mask, causal_mask(q_len, k_len, x.device))
 
         drop = self.attn_drop if self.training else 0.0
-        if need_weights:
+        if explicit:
             out, weights = scaled_dot_product(q, k, v, mask, dropout_p=drop)
+            weights = weights if return_attention else None
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=drop, is_causal=is_causal
@@ -207,44 +227,16 @@ class MultiHeadAttention(nn.Module):
         return Attended(self.proj_drop(self.proj(out)), weights, new_cache)
 
 
-class SplitQKVAttention(nn.Module):
-    """Export-only layout of a trained self-attention :class:`MultiHeadAttention`: q, k and
-    v as separate projections and the scores scaled after the product -- the pattern
-    onnxruntime's transformer optimizer fuses into its ``Attention`` operator.
-
-    Same weights and the same function as the layer it is built from (the export's parity
-    check holds it to that); never trained. Shapes: B batch, N tokens, D width.
-    """
-
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool) -> None:
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.q, self.k, self.v = (nn.Linear(dim, dim, bias=qkv_bias) for _ in range(3))
-        self.proj = nn.Linear(dim, dim)
-
-    @classmethod
-    def from_fused(cls, attn: MultiHeadAttention) -> SplitQKVAttention:
-        if attn.cross:
-            raise ValueError("SplitQKVAttention is for self-attention layers")
-        dim = attn.proj.in_features
-        split = cls(dim, attn.num_heads, attn.qkv.bias is not None)
-        with torch.no_grad():
-            for i, linear in enumerate((split.q, split.k, split.v)):
-                linear.weight.copy_(attn.qkv.weight[i * dim:(i + 1) * dim])
-                if linear.bias is not None:
-                    linear.bias.copy_(attn.qkv.bias[i * dim:(i + 1) * dim])
-        split.proj = attn.proj
-        return split
-
-    def forward(self, x: Tensor, need_weights: bool = False) -> Attended:
-        b, n, d = x.shape
-        shape = (b, n, self.num_heads, self.head_dim)
-        q = self.q(x).view(shape).transpose(1, 2)  # (B, H, N, Dh)
-        k = self.k(x).view(shape).permute(0, 2, 3, 1)  # (B, H, Dh, N)
-        v = self.v(x).view(shape).transpose(1, 2)  # (B, H, N, Dh)
-        weights = (q @ k / self.head_dim**0.5).softmax(dim=-1)  # (B, H, N, N)
-        out = (weights @ v).transpose(1, 2).reshape(b, n, d)  # (B, N, D)
-        return Attended(self.proj(out), weights if need_weights else None, None)
+def configure_attention(model: nn.Module, *, fused: bool | None = None,
+                        split_qkv: bool | None = None) -> None:
+    """Set ``fused`` and/or ``split_qkv`` (see :class:`MultiHeadAttention`) on every
+    attention layer of ``model``; ``None`` leaves a setting as it is."""
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            if fused is not None:
+                module.fused = fused
+            if split_qkv is not None and not module.cross:  # cross-attention has no qkv to split
+                module.split_qkv = split_qkv
 
 
 def _with_causal(mask: Tensor | None, causal: Tensor) -> Tensor:

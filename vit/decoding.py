@@ -1,13 +1,17 @@
-"""Greedy decoding and beam search for :class:`vit.seq2seq.Seq2Seq`, batched, on the KV cache.
+"""Greedy decoding and beam search over a step interface, batched, on the KV cache.
+
+Torch-free (numpy): the same two searches decode a PyTorch model and an ONNX export.
+A model takes part through three calls (:class:`Stepper`): ``start(src_ids)`` -> state,
+``step(tokens, state)`` -> next-token logits and the new state (``tokens`` is the whole
+prefix, BOS first; a model with a cache runs only the new position), and
+``reorder(state, index)`` -> the state of the rows ``index`` (beam search keeps, repeats
+and drops rows). :class:`vit.seq2seq.Seq2Seq` offers them in torch (wrapped here by
+:class:`TorchStepper`), the ONNX translator in numpy; a decoder-only model would offer the
+same three. What may be generated when is :class:`vit.text_codec.DecodingRules`, the one
+place those rules are written.
 
 Shape letters: B batch, K beam width, S source length, T generated length, V target
-vocabulary, H heads, L decoder layers.
-
-Both decoders feed the decoder one token per step and pass its :data:`DecoderCache`
-back (``use_cache=False`` re-runs the whole prefix each step instead; it exists to
-measure what the cache saves). They never emit ``pad`` or ``bos``, never emit ``eos``
-before ``min_len`` tokens, and force ``eos`` at the last allowed step, so every output
-ends with ``eos`` and is right-padded with ``pad`` after it.
+vocabulary, L decoder layers, H heads (1 where a back end averages them).
 
 Beam search: at each step the 2K best continuations are ranked by summed
 log-probability; those ending in ``eos`` among the first K become finished hypotheses
@@ -23,105 +27,130 @@ With K=1 it returns exactly what greedy decoding returns.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from .attention import KVCache
-from .seq2seq import Decoded, DecoderCache, Encoded, LayerCache, Seq2Seq
+from .text_codec import DecodingRules
+
+
+class StepOutput(NamedTuple):
+    """``logits`` (N, V) float32 of the next token; the new ``state``; the step's
+    cross-attention (N, L, H, S) when asked for."""
+
+    logits: np.ndarray
+    state: Any
+    attention: np.ndarray | None
+
+
+class Stepper(Protocol):
+    """A model as the searches see it (numpy in, numpy out)."""
+
+    rules: DecodingRules
+
+    def start(self, src_ids: np.ndarray) -> Any: ...
+
+    def step(self, tokens: np.ndarray, state: Any, *, use_cache: bool,
+             return_attention: bool) -> StepOutput: ...
+
+    def reorder(self, state: Any, index: np.ndarray) -> Any: ...
 
 
 class Generation(NamedTuple):
     """``tokens`` (B, T): generated ids without BOS, ending in EOS, right-padded with pad;
     ``scores`` (B,): summed log-probability (greedy) or length-penalised score (beam);
-    ``cross_weights``: when asked for, one (B, H, T, S) tensor per decoder layer -- the
-    cross-attention of the step that produced each token."""
+    ``attention``: when asked for, (B, L, H, T, S) -- the cross-attention of the step that
+    produced each token (zero rows after a hypothesis ended)."""
 
-    tokens: Tensor
-    scores: Tensor
-    cross_weights: tuple[Tensor, ...] | None
-
-
-def default_max_len(model: Seq2Seq, src_ids: Tensor) -> int:
-    """Generated tokens allowed by default: 2 S + 10, within the model's max_len."""
-    return min(model.config.max_len, 2 * src_ids.shape[1] + 10)
+    tokens: np.ndarray
+    scores: np.ndarray
+    attention: np.ndarray | None
 
 
-def _steps(model: Seq2Seq, src_ids: Tensor, max_len: int | None, min_len: int) -> int:
-    steps = default_max_len(model, src_ids) if max_len is None else max_len
-    if not 1 <= steps <= model.config.max_len:
-        raise ValueError(f"max_len must be in [1, {model.config.max_len}] (the model's max_len), got {steps}")
-    if not 0 <= min_len < steps:
-        raise ValueError(f"min_len must be in [0, max_len={steps}), got {min_len}")
-    return steps
+class TorchStepper:
+    """:class:`Stepper` for a PyTorch model with ``start``/``step``/``reorder`` (such as
+    :class:`vit.seq2seq.Seq2Seq`): converts at the boundary, runs without gradients."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.rules = DecodingRules.of(model.config)
+        self.device = next(model.parameters()).device
+
+    def start(self, src_ids: np.ndarray) -> Any:
+        import torch
+
+        with torch.no_grad():
+            return self.model.start(torch.as_tensor(src_ids, device=self.device))
+
+    def step(self, tokens: np.ndarray, state: Any, *, use_cache: bool, return_attention: bool) -> StepOutput:
+        import torch
+
+        with torch.no_grad():
+            out = self.model.step(torch.as_tensor(tokens, device=self.device), state, use_cache=use_cache,
+                                  return_attention=return_attention)
+        attention = None if out.attention is None else out.attention.float().cpu().numpy()
+        return StepOutput(out.logits.float().cpu().numpy(), out.state, attention)
+
+    def reorder(self, state: Any, index: np.ndarray) -> Any:
+        import torch
+
+        return self.model.reorder(state, torch.as_tensor(index, device=self.device))
 
 
-def _log_probs(model: Seq2Seq, logits: Tensor, step: int, min_len: int, last: bool) -> Tensor:
-    """Next-token log-probabilities (N, V) with the decoding rules applied."""
-    cfg = model.config
-    logp = torch.log_softmax(logits.float(), dim=-1)  # (N, V)
-    logp[:, cfg.pad_id] = float("-inf")
-    logp[:, cfg.bos_id] = float("-inf")
-    if step < min_len:
-        logp[:, cfg.eos_id] = float("-inf")
-    if last:
-        eos = logp[:, cfg.eos_id].clone()
-        logp.fill_(float("-inf"))
-        logp[:, cfg.eos_id] = eos
-    return logp
+def as_stepper(model: Any) -> Stepper:
+    """``model`` itself, or a :class:`TorchStepper` around a PyTorch module."""
+    return TorchStepper(model) if hasattr(model, "parameters") else model
 
 
-def _step(
-    model: Seq2Seq, tokens: Tensor, encoded: Encoded, cache: DecoderCache | None, use_cache: bool,
-    need_weights: bool,
-) -> Decoded:
-    """Decoder output for the newest position of ``tokens`` (N, t)."""
-    if use_cache:
-        return model.decode(tokens[:, -1:], encoded, cache=cache, use_cache=True, need_weights=need_weights)
-    out = model.decode(tokens, encoded, need_weights=need_weights)  # the whole prefix again
-    weights = None if out.cross_weights is None else tuple(w[:, :, -1:] for w in out.cross_weights)
-    return Decoded(out.logits[:, -1:], None, weights)  # (N, 1, V)
+def as_array(ids: Any) -> np.ndarray:
+    """Token ids (numpy, or a torch tensor on any device) as an int64 numpy array."""
+    if hasattr(ids, "cpu"):
+        ids = ids.cpu().numpy()
+    return np.asarray(ids, dtype=np.int64)
 
 
-@torch.no_grad()
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float32: (N, V) -> (N, V)."""
+    z = logits.astype(np.float32) - logits.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
 def greedy_decode(
-    model: Seq2Seq,
-    src_ids: Tensor,
+    model: Any,
+    src_ids: Any,
     *,
     max_len: int | None = None,
     min_len: int = 0,
     use_cache: bool = True,
-    need_weights: bool = False,
+    return_attention: bool = False,
 ) -> Generation:
     """Pick the most probable token at each step. src_ids (B, S) -> :class:`Generation`."""
-    cfg = model.config
-    steps = _steps(model, src_ids, max_len, min_len)
-    encoded = model.encode(src_ids)
-    b = src_ids.shape[0]
-    tokens = torch.full((b, 1), cfg.bos_id, dtype=torch.long, device=src_ids.device)  # (B, 1)
-    scores = torch.zeros(b, device=src_ids.device)
-    done = torch.zeros(b, dtype=torch.bool, device=src_ids.device)
-    cache: DecoderCache | None = None
-    history: list[tuple[Tensor, ...]] = []
+    stepper = as_stepper(model)
+    rules = stepper.rules
+    src = as_array(src_ids)
+    steps = rules.steps(src.shape[1], max_len, min_len)
+    state = stepper.start(src)
+    b = src.shape[0]
+    tokens = np.full((b, 1), rules.bos_id, dtype=np.int64)  # (B, 1)
+    scores = np.zeros(b, dtype=np.float32)
+    done = np.zeros(b, dtype=bool)
+    history: list[np.ndarray] = []
     for t in range(steps):
-        out = _step(model, tokens, encoded, cache, use_cache, need_weights)
-        cache = out.cache
-        logp = _log_probs(model, out.logits[:, -1], t, min_len, last=t == steps - 1)  # (B, V)
-        best, nxt = logp.max(dim=-1)  # (B,)
-        nxt = nxt.masked_fill(done, cfg.pad_id)
-        scores += best.masked_fill(done, 0.0)
-        tokens = torch.cat([tokens, nxt[:, None]], dim=1)  # (B, t + 2)
-        if out.cross_weights is not None:
-            history.append(out.cross_weights)
-        done |= nxt == cfg.eos_id
-        if bool(done.all()):
+        out = stepper.step(tokens, state, use_cache=use_cache, return_attention=return_attention)
+        state = out.state
+        logp = rules.apply(log_softmax(out.logits), t, steps, min_len)  # (B, V)
+        nxt = logp.argmax(axis=-1)  # (B,)
+        best = logp[np.arange(b), nxt]
+        nxt = np.where(done, rules.pad_id, nxt)
+        scores += np.where(done, 0.0, best).astype(np.float32)
+        tokens = np.concatenate([tokens, nxt[:, None]], axis=1)  # (B, t + 2)
+        if out.attention is not None:
+            history.append(out.attention)
+        done |= nxt == rules.eos_id
+        if done.all():
             break
-    weights = None
-    if need_weights:
-        # L x (B, H, T, S)
-        weights = tuple(torch.cat(per_layer, dim=2) for per_layer in zip(*history, strict=True))
-    return Generation(tokens[:, 1:], scores, weights)
+    attention = np.stack(history, axis=3) if return_attention else None  # (B, L, H, T, S)
+    return Generation(tokens[:, 1:], scores, attention)
 
 
 def gnmt_length_penalty(length: int, alpha: float) -> float:
@@ -131,90 +160,79 @@ def gnmt_length_penalty(length: int, alpha: float) -> float:
 
 class _Finished(NamedTuple):
     score: float
-    tokens: Tensor  # (T,)
-    weights: tuple[Tensor, ...] | None  # L x (H, T, S)
+    tokens: np.ndarray  # (T,)
+    attention: np.ndarray | None  # (L, H, T, S)
 
 
-def _reorder(cache: DecoderCache, index: Tensor) -> DecoderCache:
-    """Keep the self-attention caches of the surviving beams; cross-attention K/V are the
-    same for every beam of a sentence and beams never leave their sentence."""
-    return tuple(
-        LayerCache(KVCache(c.self_attn.key[index], c.self_attn.value[index]), c.cross_attn)
-        for c in cache
-    )
-
-
-@torch.no_grad()
 def beam_search(
-    model: Seq2Seq,
-    src_ids: Tensor,
+    model: Any,
+    src_ids: Any,
     *,
     beam_size: int = 4,
     length_penalty: float = 0.6,
     max_len: int | None = None,
     min_len: int = 0,
     use_cache: bool = True,
-    need_weights: bool = False,
+    return_attention: bool = False,
 ) -> Generation:
     """Batched beam search (see the module docstring). src_ids (B, S) -> best hypothesis each."""
-    cfg = model.config
+    stepper = as_stepper(model)
+    rules = stepper.rules
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-    if beam_size > cfg.tgt_vocab_size - 3:
-        raise ValueError(f"beam_size {beam_size} is larger than the usable vocabulary")
-    steps = _steps(model, src_ids, max_len, min_len)
-    b, k = src_ids.shape[0], beam_size
-    device = src_ids.device
-    enc = model.encode(src_ids)
-    # every sentence's encoding repeated for its K beams: (BK, S, D), (BK, S)
-    encoded = Encoded(enc.memory.repeat_interleave(k, dim=0), enc.src_keep.repeat_interleave(k, dim=0))
-    tokens = torch.full((b * k, 1), cfg.bos_id, dtype=torch.long, device=device)  # (BK, 1)
-    scores = torch.full((b, k), float("-inf"), device=device)
+    src = as_array(src_ids)
+    steps = rules.steps(src.shape[1], max_len, min_len)
+    b, k = src.shape[0], beam_size
+    # every sentence's state repeated for its K beams
+    state = stepper.reorder(stepper.start(src), np.repeat(np.arange(b), k))
+    tokens = np.full((b * k, 1), rules.bos_id, dtype=np.int64)  # (BK, 1)
+    scores = np.full((b, k), -np.inf, dtype=np.float32)
     scores[:, 0] = 0.0  # only the first beam is alive at the start
-    base = (torch.arange(b, device=device) * k)[:, None]  # (B, 1)
-    rank = torch.arange(2 * k, device=device)  # (2K,)
+    base = (np.arange(b) * k)[:, None]  # (B, 1)
+    rank = np.arange(2 * k)  # (2K,)
     finished: list[list[_Finished]] = [[] for _ in range(b)]
     done = [False] * b
-    cache: DecoderCache | None = None
-    history: tuple[Tensor, ...] | None = None  # L x (BK, H, t, S)
+    history: np.ndarray | None = None  # (BK, L, H, t, S)
     for t in range(steps):
-        out = _step(model, tokens, encoded, cache, use_cache, need_weights)
-        logp = _log_probs(model, out.logits[:, -1], t, min_len, last=t == steps - 1)  # (BK, V)
+        out = stepper.step(tokens, state, use_cache=use_cache, return_attention=return_attention)
+        logp = rules.apply(log_softmax(out.logits), t, steps, min_len)  # (BK, V)
         vocab = logp.shape[-1]
-        cand = scores[:, :, None] + logp.view(b, k, vocab)  # (B, K, V)
-        top_scores, top_idx = cand.view(b, k * vocab).topk(2 * k, dim=-1)  # (B, 2K)
+        if k > vocab - 3:
+            raise ValueError(f"beam_size {beam_size} is larger than the usable vocabulary")
+        cand = (scores[:, :, None] + logp.reshape(b, k, vocab)).reshape(b, k * vocab)  # (B, KV)
+        top_idx = np.argpartition(-cand, 2 * k - 1, axis=1)[:, : 2 * k]  # (B, 2K), unordered
+        top_idx = np.take_along_axis(top_idx, np.argsort(-np.take_along_axis(cand, top_idx, 1), axis=1,
+                                                         kind="stable"), 1)
+        top_scores = np.take_along_axis(cand, top_idx, 1)  # (B, 2K), best first
         beam_idx, tok = top_idx // vocab, top_idx % vocab  # (B, 2K)
-        step_weights = out.cross_weights
-        if step_weights is not None:
-            step_weights = tuple(
-                torch.cat([h, w], dim=2) if h is not None else w
-                for h, w in zip(history or (None,) * len(step_weights), step_weights, strict=True)
-            )  # L x (BK, H, t + 1, S)
-        is_eos = tok == cfg.eos_id
-        final = is_eos & (rank < k) & torch.isfinite(top_scores)  # (B, 2K)
-        for i, j in final.nonzero().tolist():
+        step_attention = None
+        if out.attention is not None:
+            now = out.attention[:, :, :, None]  # (BK, L, H, 1, S)
+            step_attention = now if history is None else np.concatenate([history, now], axis=3)
+        is_eos = tok == rules.eos_id
+        final = is_eos & (rank < k) & np.isfinite(top_scores)  # (B, 2K)
+        for i, j in zip(*np.nonzero(final), strict=True):
             if done[i]:
                 continue
             row = int(base[i, 0] + beam_idx[i, j])
-            hyp = torch.cat([tokens[row, 1:], tok[i, j : j + 1]])  # (t + 1,)
-            w = None if step_weights is None else tuple(sw[row] for sw in step_weights)
+            hyp = np.concatenate([tokens[row, 1:], tok[i, j : j + 1]])  # (t + 1,)
+            attn = None if step_attention is None else step_attention[row]
             score = float(top_scores[i, j]) / gnmt_length_penalty(t + 1, length_penalty)
-            _keep_best(finished[i], _Finished(score, hyp, w), k)
+            _keep_best(finished[i], _Finished(score, hyp, attn), k)
         # the K best continuations that do not end in EOS stay active (at most K end in EOS)
-        order = (is_eos.long() * 2 * k + rank).topk(k, dim=-1, largest=False).indices  # (B, K)
-        scores = top_scores.gather(1, order)
-        rows = (base + beam_idx.gather(1, order)).view(-1)  # (BK,)
-        tokens = torch.cat([tokens[rows], tok.gather(1, order).view(-1, 1)], dim=1)  # (BK, t + 2)
-        if out.cache is not None:
-            cache = _reorder(out.cache, rows)
-        if step_weights is not None:
-            history = tuple(sw[rows] for sw in step_weights)
-        best_active = (scores.max(dim=1).values / gnmt_length_penalty(t + 1, length_penalty)).tolist()
+        order = np.argsort(is_eos * 2 * k + rank, axis=1, kind="stable")[:, :k]  # (B, K)
+        scores = np.take_along_axis(top_scores, order, 1)
+        rows = (base + np.take_along_axis(beam_idx, order, 1)).reshape(-1)  # (BK,)
+        tokens = np.concatenate([tokens[rows], np.take_along_axis(tok, order, 1).reshape(-1, 1)], axis=1)
+        state = stepper.reorder(out.state, rows)
+        if step_attention is not None:
+            history = step_attention[rows]
+        best_active = scores.max(axis=1) / gnmt_length_penalty(t + 1, length_penalty)
         for i, f in enumerate(finished):
             done[i] = done[i] or (len(f) == k and best_active[i] <= min(h.score for h in f))
         if all(done):
             break
-    return _collect(finished, cfg.pad_id, device)
+    return _collect(finished, rules.pad_id)
 
 
 def _keep_best(pool: list[_Finished], hyp: _Finished, k: int) -> None:
@@ -227,22 +245,15 @@ def _keep_best(pool: list[_Finished], hyp: _Finished, k: int) -> None:
         pool[worst] = hyp
 
 
-def _collect(finished: list[list[_Finished]], pad_id: int, device: torch.device) -> Generation:
+def _collect(finished: list[list[_Finished]], pad_id: int) -> Generation:
     best = [max(f, key=lambda h: h.score) for f in finished]
     length = max(h.tokens.shape[0] for h in best)
-    tokens = torch.full((len(best), length), pad_id, dtype=torch.long, device=device)  # (B, T)
+    tokens = np.full((len(best), length), pad_id, dtype=np.int64)  # (B, T)
     for i, h in enumerate(best):
         tokens[i, : h.tokens.shape[0]] = h.tokens
-    scores = torch.tensor([h.score for h in best], device=device)
-    weights = None
-    if best[0].weights is not None:
-        weights = tuple(
-            torch.stack([_pad_steps(h.weights[layer], length) for h in best])  # (B, H, T, S)
-            for layer in range(len(best[0].weights))
-        )
-    return Generation(tokens, scores, weights)
-
-
-def _pad_steps(w: Tensor, length: int) -> Tensor:
-    """(H, t, S) -> (H, length, S), zero rows after the hypothesis ended."""
-    return torch.nn.functional.pad(w, (0, 0, 0, length - w.shape[1]))
+    scores = np.array([h.score for h in best], dtype=np.float32)
+    attention = None
+    if best[0].attention is not None:
+        pad = lambda a: np.pad(a, ((0, 0), (0, 0), (0, length - a.shape[2]), (0, 0)))  # (L, H, T, S)
+        attention = np.stack([pad(h.attention) for h in best])  # (B, L, H, T, S)
+    return Generation(tokens, scores, attention)

@@ -15,21 +15,23 @@ Padding is masked everywhere with :func:`vit.attention.padding_mask`; token ids 
 Incremental decoding: :meth:`Seq2Seq.decode` takes and returns a :data:`DecoderCache`,
 one :class:`LayerCache` per decoder layer: the self-attention ``KVCache`` grows by T per
 call; the cross-attention ``KVCache`` is the projected encoder output, computed on the
-first call and reused after.
+first call and reused after. :meth:`Seq2Seq.start`, :meth:`Seq2Seq.step` and
+:meth:`Seq2Seq.reorder` are the step interface the searches of :mod:`vit.decoding` use
+(tokens and state in, logits and state out); a decoder-only model offers the same three.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .attention import KVCache, MultiHeadAttention, padding_mask
-from .layers import Mlp
+from .errors import ConfigError
+from .layers import Block, Mlp
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -62,9 +64,9 @@ class Seq2SeqConfig:
         for name in ("src_vocab_size", "tgt_vocab_size", "dim", "num_heads", "enc_depth",
                      "dec_depth", "max_len"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"Seq2SeqConfig.{name} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"Seq2SeqConfig.{name} must be positive, got {getattr(self, name)}")
         if self.dim % self.num_heads != 0:
-            raise ValueError(
+            raise ConfigError(
                 f"Seq2SeqConfig.dim ({self.dim}) must be divisible by num_heads ({self.num_heads})"
             )
         for name in ("pad_id", "bos_id", "eos_id"):
@@ -75,28 +77,28 @@ class Seq2SeqConfig:
                     f"[0, {self.tgt_vocab_size})"
                 )
         if not 0 <= self.pad_id < self.src_vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 f"Seq2SeqConfig.pad_id={self.pad_id} is outside the source vocabulary "
                 f"[0, {self.src_vocab_size})"
             )
         if len({self.pad_id, self.bos_id, self.eos_id}) != 3:
-            raise ValueError(
+            raise ConfigError(
                 f"Seq2SeqConfig pad_id, bos_id and eos_id must differ, got "
                 f"{self.pad_id}, {self.bos_id}, {self.eos_id}"
             )
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise ValueError(
+            raise ConfigError(
                 "Seq2SeqConfig.share_embeddings needs one joint vocabulary, got src_vocab_size="
                 f"{self.src_vocab_size} and tgt_vocab_size={self.tgt_vocab_size}"
             )
         if self.activation not in _ACTIVATIONS:
-            raise ValueError(f"Seq2SeqConfig.activation must be one of {sorted(_ACTIVATIONS)}, "
+            raise ConfigError(f"Seq2SeqConfig.activation must be one of {sorted(_ACTIVATIONS)}, "
                              f"got {self.activation!r}")
         if self.mlp_hidden is not None and self.mlp_hidden <= 0:
-            raise ValueError(f"Seq2SeqConfig.mlp_hidden must be positive, got {self.mlp_hidden}")
+            raise ConfigError(f"Seq2SeqConfig.mlp_hidden must be positive, got {self.mlp_hidden}")
         for name in ("dropout", "attn_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"Seq2SeqConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+                raise ConfigError(f"Seq2SeqConfig.{name} must be in [0, 1), got {getattr(self, name)}")
 
     @property
     def hidden_dim(self) -> int:
@@ -125,12 +127,31 @@ class Encoded(NamedTuple):
 
 
 class Decoded(NamedTuple):
-    """``logits`` (B, T, V); ``cache`` when asked for; ``cross_weights``: one (B, H, T, S)
+    """``logits`` (B, T, V); ``cache`` when asked for; ``cross_attention``: one (B, H, T, S)
     tensor per decoder layer when asked for."""
 
     logits: Tensor
     cache: DecoderCache | None
-    cross_weights: tuple[Tensor, ...] | None
+    cross_attention: tuple[Tensor, ...] | None
+
+
+class DecoderState(NamedTuple):
+    """What :meth:`Seq2Seq.step` carries between steps: the encoder output (its ``memory``
+    is read on the first cached step only), the decoder cache (``None`` before the first
+    step) and ``rows`` (N,), the source sentence each row decodes."""
+
+    encoded: Encoded
+    cache: DecoderCache | None
+    rows: Tensor
+
+
+class Step(NamedTuple):
+    """One step's ``logits`` (N, V) for the newest position, the new ``state`` and, when
+    asked for, that position's cross-attention ``attention`` (N, L, H, S)."""
+
+    logits: Tensor
+    state: DecoderState
+    attention: Tensor | None
 
 
 def sinusoidal_positions(length: int, dim: int) -> Tensor:
@@ -156,23 +177,11 @@ def _mlp(cfg: Seq2SeqConfig) -> Mlp:
     return Mlp(cfg.dim, cfg.hidden_dim, activation=_ACTIVATIONS[cfg.activation])
 
 
-class EncoderLayer(nn.Module):
-    """Self-attention and MLP, each a residual branch (pre- or post-norm)."""
-
-    def __init__(self, cfg: Seq2SeqConfig) -> None:
-        super().__init__()
-        self.norm_first = cfg.norm_first
-        self.self_attn, self.norm1 = _attention(cfg), _norm(cfg)
-        self.mlp = _mlp(cfg)
-        self.mlp_drop = nn.Dropout(cfg.dropout)  # residual dropout, as the paper (none inside the MLP)
-        self.norm2 = _norm(cfg)
-
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        if self.norm_first:
-            x = x + self.self_attn(self.norm1(x), mask=mask).x
-            return x + self.mlp_drop(self.mlp(self.norm2(x)))
-        x = self.norm1(x + self.self_attn(x, mask=mask).x)
-        return self.norm2(x + self.mlp_drop(self.mlp(x)))
+def _encoder_block(cfg: Seq2SeqConfig) -> Block:
+    """Self-attention and MLP with the paper's residual dropout (none inside the MLP)."""
+    return Block(cfg.dim, cfg.num_heads, mlp_hidden=cfg.hidden_dim, activation=_ACTIVATIONS[cfg.activation],
+                 attn_drop=cfg.attn_dropout, proj_drop=cfg.dropout, mlp_drop=0.0, norm_eps=cfg.norm_eps,
+                 norm_first=cfg.norm_first)
 
 
 class DecoderLayer(nn.Module):
@@ -196,7 +205,7 @@ class DecoderLayer(nn.Module):
         cross_mask: Tensor,
         cache: LayerCache | None,
         use_cache: bool,
-        need_weights: bool,
+        return_attention: bool,
     ) -> tuple[Tensor, LayerCache | None, Tensor | None]:
         """x (B, T, D), memory (B, S, D) (may be ``None`` when the cache holds its K/V)."""
         past = cache if cache is not None else LayerCache(None, None)
@@ -205,7 +214,7 @@ class DecoderLayer(nn.Module):
         x = x + sa.x if self.norm_first else self.norm1(x + sa.x)
         h = self.norm2(x) if self.norm_first else x
         ca = self.cross_attn(h, memory, mask=cross_mask, cache=past.cross_attn, use_cache=use_cache,
-                             need_weights=need_weights)
+                             return_attention=return_attention)
         x = x + ca.x if self.norm_first else self.norm2(x + ca.x)
         if self.norm_first:
             x = x + self.mlp_drop(self.mlp(self.norm3(x)))
@@ -233,8 +242,8 @@ class Seq2Seq(nn.Module):
 
     ``model(src_ids, tgt_ids)`` -> logits (B, T, V) with teacher forcing, where ``tgt_ids``
     is the decoder input (BOS followed by the target, right-padded with ``pad_id``).
-    For generation use :meth:`encode` once and :meth:`decode` step by step with the cache
-    (see :mod:`vit.decoding`).
+    For generation use :meth:`start` once and :meth:`step` with the cache (see
+    :mod:`vit.decoding`).
     """
 
     def __init__(self, config: Seq2SeqConfig) -> None:
@@ -245,7 +254,7 @@ class Seq2Seq(nn.Module):
         self.tgt_embed = self.src_embed if shared else TokenEmbedding(cfg.tgt_vocab_size, cfg.dim)
         self.register_buffer("positions", sinusoidal_positions(cfg.max_len, cfg.dim), persistent=False)
         self.embed_drop = nn.Dropout(cfg.dropout)
-        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_depth))
+        self.encoder = nn.ModuleList(_encoder_block(cfg) for _ in range(cfg.enc_depth))
         self.encoder_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_depth))
         self.decoder_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.norm_first else nn.Identity()
@@ -290,8 +299,8 @@ class Seq2Seq(nn.Module):
         mask = padding_mask(src_keep)  # (B, 1, 1, S)
         x = self.src_embed(src_ids) + self.positions[: src_ids.shape[1]]  # (B, S, D)
         x = self.embed_drop(x)
-        for layer in self.encoder:
-            x = layer(x, mask)
+        for block in self.encoder:
+            x = block(x, mask=mask).x
         return Encoded(self.encoder_norm(x), src_keep)
 
     # -- decoder -----------------------------------------------------------------------
@@ -302,7 +311,7 @@ class Seq2Seq(nn.Module):
         *,
         cache: DecoderCache | None = None,
         use_cache: bool = False,
-        need_weights: bool = False,
+        return_attention: bool = False,
         tgt_keep: Tensor | None = None,
     ) -> Decoded:
         """Decoder logits for ``tgt_ids`` (B, T), which follow the P cached positions.
@@ -311,13 +320,13 @@ class Seq2Seq(nn.Module):
             replace ``encoded.memory``, which is then not read.
         tgt_keep: optional boolean (B, P + T) keep-mask of target padding. Right padding
             needs none: the causal mask already hides later positions.
-        need_weights: also return the cross-attention weights, one (B, H, T, S) per layer.
+        return_attention: also return the cross-attention weights, one (B, H, T, S) per layer.
         """
         past = 0 if cache is None or cache[0].self_attn is None else cache[0].self_attn.key.shape[2]
         self._check_ids(tgt_ids, self.config.tgt_vocab_size, "target", offset=past)
         if cache is not None and len(cache) != len(self.decoder):
             raise ValueError(f"decoder cache has {len(cache)} layers, the model {len(self.decoder)}")
-        return self._decode(tgt_ids, encoded, cache, past, use_cache, need_weights, tgt_keep)
+        return self._decode(tgt_ids, encoded, cache, past, use_cache, return_attention, tgt_keep)
 
     def _decode(
         self,
@@ -326,7 +335,7 @@ class Seq2Seq(nn.Module):
         cache: DecoderCache | None,
         past: int,
         use_cache: bool,
-        need_weights: bool,
+        return_attention: bool,
         tgt_keep: Tensor | None,
     ) -> Decoded:
         t_len = tgt_ids.shape[1]
@@ -338,62 +347,62 @@ class Seq2Seq(nn.Module):
         for i, layer in enumerate(self.decoder):
             x, layer_cache, w = layer(
                 x, encoded.memory, self_mask=self_mask, cross_mask=cross_mask,
-                cache=None if cache is None else cache[i], use_cache=use_cache, need_weights=need_weights,
+                cache=None if cache is None else cache[i], use_cache=use_cache,
+                return_attention=return_attention,
             )
             new_cache.append(layer_cache)
             weights.append(w)
         logits = self.head(self.decoder_norm(x))  # (B, T, V)
         return Decoded(logits, tuple(new_cache) if use_cache else None,
-                       tuple(weights) if need_weights else None)
+                       tuple(weights) if return_attention else None)
 
     def forward(self, src_ids: Tensor, tgt_ids: Tensor) -> Tensor:
         """Teacher forcing: src_ids (B, S), decoder input tgt_ids (B, T) -> logits (B, T, V)."""
         return self.decode(tgt_ids, self.encode(src_ids)).logits
 
+    # -- the step interface of vit.decoding ---------------------------------------------
+    def start(self, src_ids: Tensor) -> DecoderState:
+        """Encode the sources (B, S): the state before the first step."""
+        rows = torch.arange(src_ids.shape[0], device=src_ids.device)
+        return DecoderState(self.encode(src_ids), None, rows)
+
+    def step(self, tokens: Tensor, state: DecoderState, *, use_cache: bool = True,
+             return_attention: bool = False) -> Step:
+        """The next-token logits after the prefixes ``tokens`` (N, t) (BOS first). With
+        ``use_cache`` only the positions the cache lacks are run; without it the whole prefix
+        is run again (to measure what the cache saves)."""
+        if use_cache:
+            past = 0 if state.cache is None else state.cache[0].self_attn.key.shape[2]
+            out = self.decode(tokens[:, past:], state.encoded, cache=state.cache, use_cache=True,
+                              return_attention=return_attention)
+            state = state._replace(cache=out.cache)
+        else:
+            out = self.decode(tokens, state.encoded, return_attention=return_attention)
+        attention = None
+        if out.cross_attention is not None:
+            attention = torch.stack([w[:, :, -1] for w in out.cross_attention], dim=1)  # (N, L, H, S)
+        return Step(out.logits[:, -1], state, attention)
+
+    def reorder(self, state: DecoderState, index: Tensor) -> DecoderState:
+        """The state of rows ``index`` (N',): beam search keeps, repeats and drops rows. The
+        encoder output and the cross-attention K/V are copied only when a row changes its
+        source sentence."""
+        rows = state.rows[index]
+        same_sources = rows.shape == state.rows.shape and bool(torch.equal(rows, state.rows))
+        memory = state.encoded.memory
+        encoded = state.encoded if same_sources else Encoded(
+            None if memory is None else memory[index], state.encoded.src_keep[index])
+        cache = None
+        if state.cache is not None:
+            cache = tuple(
+                LayerCache(KVCache(c.self_attn.key[index], c.self_attn.value[index]),
+                           c.cross_attn if same_sources else KVCache(c.cross_attn.key[index],
+                                                                      c.cross_attn.value[index]))
+                for c in state.cache
+            )
+        return DecoderState(encoded, cache, rows)
+
     def project_memory(self, encoded: Encoded) -> tuple[KVCache, ...]:
         """The cross-attention K/V (B, H, S, Dh) of every decoder layer, for exporters that
         compute them once next to the encoder."""
         return tuple(layer.cross_attn.project_context(encoded.memory) for layer in self.decoder)
-
-
-# -- checkpoints ---------------------------------------------------------------------------
-RECORD_KEY = "seq2seq"
-
-
-def load_seq2seq(path: str | Path) -> tuple[Seq2Seq, dict[str, Any]]:
-    """Load a translation model from a ``vit-train`` Lightning ``.ckpt`` or a project
-    ``.safetensors`` file. Returns the model in eval mode and its record::
-
-        {"config": Seq2SeqConfig.to_dict(), "src_tokenizer": tokenizer JSON string,
-         "tgt_tokenizer": JSON string or None (joint vocabulary), "val_bleu": float | None,
-         "source": str}
-    """
-    from .checkpoint import read_checkpoint
-
-    state, record = read_checkpoint(path, key=RECORD_KEY)
-    if record is None:
-        raise ValueError(f"{path}: no '{RECORD_KEY}' record; not a translation checkpoint")
-    model = Seq2Seq(Seq2SeqConfig(**record["config"]))
-    model.load_state_dict(_with_tied(model, state), strict=True)
-    return model.eval(), record
-
-
-def save_seq2seq(model: Seq2Seq, record: dict[str, Any], path: str | Path) -> None:
-    """Write weights (shared matrices once) and the record to ``path`` atomically."""
-    from .checkpoint import write_safetensors
-
-    write_safetensors(model, {**record, "config": model.config.to_dict()}, path, key=RECORD_KEY)
-
-
-def _with_tied(model: Seq2Seq, state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Fill in the keys of shared parameters that a deduplicated state dict left out."""
-    own = model.state_dict()
-    ptr_to_key: dict[int, str] = {}
-    for k, v in own.items():
-        ptr_to_key.setdefault(v.data_ptr(), k)
-    out = dict(state)
-    for k, v in own.items():
-        first = ptr_to_key[v.data_ptr()]
-        if k not in out and first in out:
-            out[k] = out[first]
-    return out

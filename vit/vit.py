@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention
-from .layers import DropPath, LayerScale, Mlp
-
-
-class ConfigError(ValueError):
-    """An invalid :class:`ViTConfig` field; the message names the field."""
+from .errors import ConfigError
+from .layers import Block
 
 
 @dataclass
@@ -171,32 +166,6 @@ class ConvStem(nn.Module):
         return _tokens(x)  # (B, Gh*Gw, D)
 
 
-class Block(nn.Module):
-    """Pre-norm Transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
-
-    def __init__(self, cfg: ViTConfig, drop_path: float) -> None:
-        super().__init__()
-        dim = cfg.dim
-        self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.attn = MultiHeadAttention(
-            dim, cfg.num_heads, qkv_bias=cfg.qkv_bias,
-            attn_drop=cfg.attn_drop_rate, proj_drop=cfg.proj_drop_rate,
-        )
-        ls = cfg.layer_scale_init
-        self.ls1 = LayerScale(dim, ls) if ls is not None else nn.Identity()
-        self.drop_path1 = DropPath(drop_path)
-        self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), drop=cfg.proj_drop_rate)
-        self.ls2 = LayerScale(dim, ls) if ls is not None else nn.Identity()
-        self.drop_path2 = DropPath(drop_path)
-
-    def forward(self, x: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        attended = self.attn(self.norm1(x), need_weights=need_weights)
-        x = x + self.drop_path1(self.ls1(attended.x))
-        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x, attended.weights
-
-
 def resample_pos_embed(pos: Tensor, old_grid: tuple[int, int], new_grid: tuple[int, int]) -> Tensor:
     """Bicubic (antialiased, as timm does) resize of patch position embeddings.
 
@@ -232,7 +201,12 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.randn(1, n_pos, cfg.dim) * 0.02)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
-        self.blocks = nn.ModuleList(Block(cfg, r) for r in rates)
+        self.blocks = nn.ModuleList(
+            Block(cfg.dim, cfg.num_heads, mlp_hidden=int(cfg.dim * cfg.mlp_ratio), qkv_bias=cfg.qkv_bias,
+                  attn_drop=cfg.attn_drop_rate, proj_drop=cfg.proj_drop_rate, drop_path=rate,
+                  layer_scale_init=cfg.layer_scale_init, norm_eps=cfg.norm_eps)
+            for rate in rates
+        )
         self.norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if not cfg.use_fc_norm else nn.Identity()
         self.fc_norm = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps) if cfg.use_fc_norm else nn.Identity()
         self.head_drop = nn.Dropout(cfg.drop_rate)
@@ -276,7 +250,7 @@ class ViT(nn.Module):
         x = self.pos_drop(self._pos_embed(x, grid))  # (B, N, D)
         weights = []
         for block in self.blocks:
-            x, w = block(x, need_weights=return_attention)
+            x, w, _ = block(x, return_attention=return_attention)
             if w is not None:
                 weights.append(w)
         return self.norm(x), tuple(weights)
@@ -313,21 +287,6 @@ class ViT(nn.Module):
         resized = resample_pos_embed(pos[:, n_prefix:], self.grid_size, new.grid_size)
         self.pos_embed = nn.Parameter(torch.cat([pos[:, :n_prefix], resized], dim=1))
         self.config, self.grid_size = new, new.grid_size
-
-    @classmethod
-    def from_timm(cls, source: Any, **overrides: Any) -> ViT:
-        """Build a ViT from a timm ``VisionTransformer``, a timm state dict, or a path to a
-        timm checkpoint (``.pth``/``.bin``/``.safetensors``). See :mod:`vit.timm_weights`."""
-        from .timm_weights import vit_from_timm
-
-        return vit_from_timm(source, **overrides)
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, **overrides: Any) -> ViT:
-        """Load this project's checkpoint, safetensors weights or a timm checkpoint."""
-        from .checkpoint import load_vit
-
-        return load_vit(path, **overrides)[0]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

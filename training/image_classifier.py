@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from vit.attention import configure_attention
 from vit.checkpoint import load_vit
 from vit.preprocess import Preprocess
 from vit.vit import ConvStem, ViT, ViTConfig
@@ -49,9 +50,9 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: for the cross-entropy loss.
         compile: ``torch.compile`` the ViT.
         explicit_attention: compute attention with the core's explicit softmax path instead
-            of ``F.scaled_dot_product_attention``; None = on CPU only, where PyTorch's fused
-            bf16 attention backward is several times slower for ViT-length sequences
-            (see ``benchmarks/train_throughput.py``). Same math either way.
+            of ``F.scaled_dot_product_attention`` (``configure_attention(fused=False)``); None =
+            on CPU only, where PyTorch's fused bf16 attention backward is several times
+            slower for ViT-length sequences (``benchmarks/train_throughput.py``). Same math.
     """
 
     def __init__(
@@ -90,6 +91,7 @@ class ImageClassifier(L.LightningModule):
         self.preprocess: Preprocess | None = None
         self.best_val_acc: float | None = None
         self.source = "trained from scratch"
+        self._attention_device: str | None = None  # the device type attention was configured for
 
     # ------------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
@@ -146,6 +148,7 @@ class ImageClassifier(L.LightningModule):
         """Install ``model`` (freezing, compiling) with metrics for its class count."""
         self._freeze(model, self.hparams.freeze_blocks)
         self.model = model
+        self._attention_device = None
         self.hparams.vit = model.config.to_dict()
         k = model.config.num_classes
         self.metrics = torch.nn.ModuleDict({
@@ -188,12 +191,13 @@ class ImageClassifier(L.LightningModule):
         """Float32 logits (B, K), also under bf16 autocast. With ``compile``, training steps
         run the compiled ViT and evaluation runs it eagerly (``ViT.forward`` directly): no
         recompiling for eval mode or for a last, smaller batch, for a small share of the time."""
-        explicit = self.hparams.explicit_attention
-        if explicit is None:
-            explicit = images.device.type == "cpu"
+        if self._attention_device != images.device.type:
+            explicit = self.hparams.explicit_attention
+            if explicit is None:
+                explicit = images.device.type == "cpu"
+            configure_attention(self.model, fused=not explicit)
+            self._attention_device = images.device.type
         run = self.model if self.training else self.model.forward
-        if explicit:  # the explicit path returns the weights it computed; they are not kept
-            return run(images, return_attention=True)[0].float()
         return run(images).float()
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
@@ -306,11 +310,8 @@ class ImageClassifier(L.LightningModule):
 
 def _compile(model: ViT) -> None:
     """``torch.compile`` the ViT in place, leaving a convolutional stem eager (compiled, it
-    trained 12% slower than eager on the 2-core CPU). On that CPU the compiled bf16 training
-    step is ~6% faster for the patch-stem model and about even for the conv-stem recipe
-    (``benchmarks/train_throughput.py``): inductor fuses the elementwise work but its GELU and
-    softmax kernels are slower than ATen's. On a CPU without a C++ compiler (which the CPU
-    backend needs) it warns and stays eager."""
+    trained slower than eager on a 2-core CPU; training/README.md has the measurements). On
+    a CPU without a C++ compiler (which the CPU backend needs) it warns and stays eager."""
     if not torch.cuda.is_available() and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         log.warning("model.compile: no C++ compiler found for torch.compile on CPU; training eagerly")
         return

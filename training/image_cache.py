@@ -1,6 +1,5 @@
-"""ImageFolder scanning, the deterministic train/val split and the decode-once image cache.
+"""The decode-once image cache of an ImageFolder (:mod:`vit.image_folder` finds the files).
 
-An ImageFolder is ``root/<class>/<image>``; class names are the sorted sub-folder names.
 Images are decoded with PIL exactly as :func:`vit.preprocess.preprocess_image` does
 (``to_rgb`` then ``resize_and_crop``) into uint8 (3, S, S) arrays, S = ``crop_size``;
 normalization happens later, on whole batches.
@@ -18,7 +17,6 @@ import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,106 +26,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from vit.errors import DataError
+from vit.image_folder import FolderIndex
 from vit.preprocess import Preprocess, resize_and_crop, to_rgb
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 CACHE_VERSION = 1
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-class DataError(ValueError):
-    """A data folder that cannot be trained on; the message is one line naming the folder."""
-
-
-@dataclass
-class FolderIndex:
-    """The image files of an ImageFolder, their class indices and the class names."""
-
-    root: Path
-    files: list[Path]
-    labels: list[int]
-    class_names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.files)
-
-    def select(self, keep: Sequence[int]) -> FolderIndex:
-        return FolderIndex(self.root, [self.files[i] for i in keep], [self.labels[i] for i in keep],
-                           self.class_names)
-
-
-def resolve_root(root: str | Path) -> Path:
-    """An existing folder: ``root`` itself, or, for a relative path that does not exist from
-    the current directory, the same path taken from the repository root."""
-    path = Path(root).expanduser()
-    if path.is_dir():
-        return path
-    if not path.is_absolute() and (REPO_ROOT / path).is_dir():
-        return (REPO_ROOT / path).resolve()
-    where = f"{path.resolve()}" + ("" if path.is_absolute() else f" or {(REPO_ROOT / path).resolve()}")
-    raise DataError(f"data folder {root!r} not found (looked at {where})")
-
-
-def list_classes(root: Path) -> list[str]:
-    """Sorted class folder names; a clear error for an empty folder or a single class."""
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root}: no class folders (expected ImageFolder layout root/<class>/<image>)")
-    if len(classes) == 1:
-        raise DataError(f"{root}: only one class folder ({classes[0]!r}); a classifier needs at least two")
-    return classes
-
-
-def scan_folder(root: str | Path, limit_per_class: int | None = None) -> FolderIndex:
-    """Index ``root/<class>/<image>``. Files without an image extension are skipped with a
-    warning naming them; an empty folder, a single class or a class without images is an error.
-    ``limit_per_class`` keeps the first N files (by name) of every class."""
-    root = resolve_root(root)
-    class_names = list_classes(root)
-    files: list[Path] = []
-    labels: list[int] = []
-    for label, name in enumerate(class_names):
-        entries = sorted((e for e in os.scandir(root / name) if e.is_file()), key=lambda e: e.name)
-        kept = []
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            if not e.name.lower().endswith(IMAGE_EXTENSIONS):
-                log.warning("skipping %s: not an image file (extension %r)", e.path, Path(e.name).suffix)
-                continue
-            kept.append(Path(e.path))
-        if limit_per_class is not None:
-            kept = kept[:limit_per_class]
-        if not kept:
-            raise DataError(f"{root / name}: class folder has no image files")
-        files += kept
-        labels += [label] * len(kept)
-    return FolderIndex(root, files, labels, class_names)
-
-
-def split_indices(labels: Sequence[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic stratified split: from every class, a seeded random ``val_fraction`` of
-    its images (at least one when the fraction is positive) goes to validation."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    rng = np.random.default_rng(seed)
-    labels_arr = np.asarray(labels)
-    train, val = [], []
-    for label in np.unique(labels_arr):
-        members = np.flatnonzero(labels_arr == label)
-        members = members[rng.permutation(len(members))]
-        n_val = 0 if val_fraction == 0 else max(1, int(round(val_fraction * len(members))))
-        if n_val >= len(members):
-            raise DataError(f"class {int(label)} has {len(members)} image(s): too few to hold out "
-                            f"{val_fraction:.0%} for validation")
-        val += members[:n_val].tolist()
-        train += members[n_val:].tolist()
-    return sorted(train), sorted(val)
-
-
-def load_image(path: Path, spec: Preprocess) -> np.ndarray:
+def load_resized(path: Path, spec: Preprocess) -> np.ndarray:
     """uint8 (3, S, S): decode, convert to RGB, resize and center-crop as validation does."""
     with Image.open(path) as image:
         rgb = np.asarray(resize_and_crop(to_rgb(image), spec))  # (S, S, 3)
@@ -146,9 +54,9 @@ def warn_unreadable(path: Path, reason: str) -> None:
 
 
 def try_load_image(path: Path, spec: Preprocess) -> np.ndarray | None:
-    """:func:`load_image`, or ``None`` after a warning naming a corrupt or non-image file."""
+    """:func:`load_resized`, or ``None`` after a warning naming a corrupt or non-image file."""
     try:
-        return load_image(path, spec)
+        return load_resized(path, spec)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         warn_unreadable(path, str(exc))
         return None

@@ -18,10 +18,9 @@ import sys
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
-from vit.vit import ConfigError
+from vit.errors import ConfigError, DataError
 
-from . import callbacks, classifier, image_data  # noqa: F401 -- short class names in configs
-from .data import DataError
+from . import callbacks, image_classifier, image_data  # noqa: F401 -- short class names in configs
 
 
 def main(args: list[str] | None = None) -> None:

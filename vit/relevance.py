@@ -1,11 +1,10 @@
-"""Class-specific relevance maps for PyTorch checkpoints (Chefer, Gur & Wolf 2021).
+"""Relevance maps of a PyTorch ViT: attention weights without gradients, and the
+class-specific gradient-weighted rollout (Chefer, Gur & Wolf 2021).
 
 The gradient of one class logit with respect to every layer's attention weights comes
 straight from ``model(images, return_attention=True)`` and ``torch.autograd.grad`` -- no
 hooks, nothing stashed on modules. The rollout arithmetic itself is numpy, shared with the
 ONNX path: :func:`vit.rollout.gradient_weighted_rollout`.
-
-Imported only when the demo serves a checkpoint: this module imports torch.
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vit.rollout import gradient_weighted_rollout
-from vit.vit import ViT
+from .rollout import gradient_weighted_rollout
+from .vit import ViT
 
 
 def patch_grid(model: ViT, images: Tensor) -> tuple[int, int]:

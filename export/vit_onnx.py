@@ -1,32 +1,25 @@
 """A trained :class:`~vit.vit.ViT` -> ONNX files: the float graph, onnxruntime's fused
 graph, dynamic int8 and float16 variants, each carrying :mod:`export.metadata`.
 
-Exporter choice (measured on the CIFAR-size ViT, torch 2.14, onnxruntime 1.32):
-``torch.onnx.export(..., dynamo=True)`` at opset 18 gives a graph of ~200 nodes with
-exact parity (~6e-7), while the TorchScript exporter gives ~500 nodes (``Constant``/
-``Identity``/``Shape`` clutter) with the same parity, is deprecated, and leaves the first
-LayerNorm unfused. So the dynamo exporter it is.
+Exporter: ``torch.onnx.export(..., dynamo=True)`` at opset 18 (a graph less than half the
+size of the TorchScript exporter's, with the same parity; that exporter is deprecated).
 
 Attention form: onnxruntime's transformer optimizer fuses attention only for BERT's
-layout -- separate q/k/v projections and ``softmax(q @ k^T / sqrt(Dh)) @ v``. Our
-packed ``qkv`` projection, whether exported from the SDPA path (decomposed at opset 18)
-or from the explicit path, is never fused (0 Attention nodes). At opset 23 SDPA becomes
-ONNX's own ``Attention`` op, but ``quantize_dynamic`` then rewrites it into a
-``com.microsoft.QAttention`` that does not load. So the logits-only graph is traced
-through :class:`vit.attention.SplitQKVAttention`, an export-only view of each block's weights in BERT's
-layout: the optimizer then fuses every block into Attention + SkipLayerNormalization +
-BiasGelu, and int8 quantizes it into QAttention. Its math is checked against the model
-(which runs :mod:`vit.attention`) by the parity check of every export. Files with the
-``attention`` output are traced through the model's own explicit path instead, since
-the weights must stay visible (so their attention is not fused).
+layout -- separate q/k/v projections and ``softmax(q @ k^T / sqrt(Dh)) @ v``. The packed
+``qkv`` projection is never fused, and at opset 23 SDPA becomes ONNX's own ``Attention``
+op, which ``quantize_dynamic`` rewrites into a ``com.microsoft.QAttention`` that does not
+load. So the logits-only graph is traced with the attention layers' export-time layout
+(``split_qkv``, :func:`vit.attention.configure_attention`): the optimizer then fuses every
+block into Attention + SkipLayerNormalization + BiasGelu, and int8 quantizes it into
+QAttention. Files with the ``attention`` output are traced through the explicit path
+that returns the weights (so their attention is not fused). Every export's parity check
+holds both to the model.
 
-Which graph for which device (CIFAR-size ViT, onnxruntime CPU provider, one thread):
-the fused graph is *not* faster on CPU -- its SkipLayerNormalization kernel took ~6 ms
-per call at batch 64 against ~0.7 ms for LayerNormalization + Add, and fused Attention
-matched the unfused MatMuls -- so the plain graph (onnxruntime applies its own CPU
-fusions at load) is the CPU file, and int8 is quantized from it (~1.3x the int8 of the
-fused graph). The fused graph (``--optimize``) and float16 target GPU providers, whose
-Attention/SkipLayerNormalization kernels are the fast ones.
+Which graph for which device: on onnxruntime's CPU provider the fused graph is not the
+faster one (its SkipLayerNormalization kernel is slow at batch 64), so the plain graph
+(onnxruntime applies its own CPU fusions at load) is the CPU file, and int8 is quantized
+from it. The fused graph (``--optimize``) and float16 target GPU providers. Measurements:
+``benchmarks/inference.py`` and benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -40,15 +33,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vit.attention import SplitQKVAttention
+from vit.attention import configure_attention
 from vit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from vit.vit import ViT
 
-from .metadata import ModelMetadata, set_metadata
+from .metadata import OPSET, ModelMetadata, set_metadata
 
 logger = logging.getLogger(__name__)
 
-OPSET = 18
 FUSED_OPS = ("Attention", "MultiHeadAttention", "LayerNormalization", "SkipLayerNormalization",
              "Gelu", "BiasGelu", "FastGelu")
 
@@ -57,36 +49,35 @@ class ExportModel(nn.Module):
     """What is traced: images (B, C, H, W) -> logits (B, K), and with ``attention`` also
     every block's weights stacked, (B, L, H, N, N)."""
 
-    def __init__(self, model: ViT, attention: bool = False) -> None:
+    def __init__(self, model: ViT, return_attention: bool = False) -> None:
         super().__init__()
-        self.attention = attention
-        if not attention:
+        self.return_attention = return_attention
+        if not return_attention:
             model = copy.deepcopy(model)
-            for block in model.blocks:
-                block.attn = SplitQKVAttention.from_fused(block.attn)
+            configure_attention(model, split_qkv=True)
         self.model = model
         self.eval()
 
     def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor]:
-        if not self.attention:
+        if not self.return_attention:
             return self.model(images)
         logits, weights = self.model(images, return_attention=True)
         return logits, torch.stack(weights, dim=1)  # (B, L, H, N, N)
 
 
-def output_names(attention: bool) -> list[str]:
-    return ["logits", "attention"] if attention else ["logits"]
+def output_names(return_attention: bool) -> list[str]:
+    return ["logits", "attention"] if return_attention else ["logits"]
 
 
-def export_graph(model: ViT, path: str | Path, *, attention: bool = False, opset: int = OPSET) -> None:
+def export_graph(model: ViT, path: str | Path, *, return_attention: bool = False, opset: int = OPSET) -> None:
     """Trace ``model`` to a single-file ONNX graph with a dynamic batch dimension."""
     cfg = model.config
     example = torch.randn(2, cfg.in_channels, *cfg.image_hw)  # batch 2: 1 would be specialised
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
         torch.onnx.export(
-            ExportModel(model, attention), (example,), str(path), dynamo=True, opset_version=opset,
-            input_names=["images"], output_names=output_names(attention),
+            ExportModel(model, return_attention), (example,), str(path), dynamo=True, opset_version=opset,
+            input_names=["images"], output_names=output_names(return_attention),
             dynamic_shapes=({0: batch},), external_data=False, verbose=False,
         )
 
@@ -102,7 +93,7 @@ def default_preprocess(model: ViT) -> Preprocess:
 
 
 def build_metadata(model: ViT, record: dict[str, Any], *, checkpoint: str | Path,
-                   attention: bool, variant: str = "fp32") -> ModelMetadata:
+                   return_attention: bool, variant: str = "fp32") -> ModelMetadata:
     """The metadata of a file exported from ``model`` and its checkpoint ``record``."""
     cfg = model.config
     names = record.get("class_names") or [f"class_{i}" for i in range(cfg.num_classes)]
@@ -113,7 +104,7 @@ def build_metadata(model: ViT, record: dict[str, Any], *, checkpoint: str | Path
     return ModelMetadata(
         class_names=list(names), input_size=list(cfg.image_hw), preprocess=spec.to_dict(),
         config=cfg.to_dict(), num_prefix_tokens=cfg.num_prefix_tokens, grid_size=list(cfg.grid_size),
-        outputs=output_names(attention),
+        outputs=output_names(return_attention),
         source={"checkpoint": str(checkpoint), "record_source": record.get("source"),
                 "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
         val_acc=record.get("val_acc"), variant=variant,

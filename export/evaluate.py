@@ -2,11 +2,12 @@
 write what a model card needs: overall and per-class accuracy, the confusion matrix as
 JSON and as a PNG image.
 
-    python -m training.report --model models/cifar10_vit.onnx \
+    python -m export.evaluate --model models/cifar10_vit.onnx \
         --data ../shared/data/cifar10/train --val-fraction 0.1 --seed 0 --out models/
 
-The split is the data module's own (:func:`training.data.split_indices`), so the numbers are
-on images the model never trained on when the same ``val_fraction`` and ``seed`` are given.
+The split is the data module's own (:func:`vit.image_folder.split_indices`), so the numbers
+are on images the model never trained on when the same ``val_fraction`` and ``seed`` are
+given. Torch-free.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from export.classifier import OnnxClassifier
+from vit.errors import DataError
+from vit.image_folder import scan_folder, split_indices
 from vit.preprocess import preprocess_image
 
-from .data import DataError, scan_folder, split_indices
+from .onnx_classifier import OnnxClassifier
 
 log = logging.getLogger(__name__)
 
