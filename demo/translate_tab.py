@@ -15,7 +15,8 @@ import gradio as gr
 import numpy as np
 from matplotlib.figure import Figure
 
-from export.translator import Translation, Translator, load_translator
+from export.translate import load_translator
+from export.translator import Translation, Translator
 
 EXAMPLES = [
     "Ein Mann fährt mit dem Fahrrad eine Straße entlang.",

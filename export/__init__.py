@@ -21,7 +21,7 @@ _EXPORTS = {
     "find_images": "images",
     "Translation": "translator",
     "Translator": "translator",
-    "load_translator": "translator",
+    "load_translator": "translate",
     "OnnxTranslator": "onnx_translator",
     "export_checkpoint": "vit_export",
     "ExportOptions": "vit_export",

@@ -17,7 +17,27 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .translator import Translation, load_translator
+from .translator import Translation, Translator
+
+
+def load_translator(path: str | Path, *, providers: Sequence[str] | None = None) -> Translator:
+    """A folder with ``encoder.onnx``: onnxruntime (no torch); a ``.ckpt``/``.safetensors``
+    file or a folder with ``model.safetensors``: PyTorch."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "encoder.onnx").is_file():
+            from .onnx_translator import OnnxTranslator
+
+            return OnnxTranslator(path, providers=providers)
+        if (path / "model.safetensors").is_file():
+            path = path / "model.safetensors"
+        else:
+            raise FileNotFoundError(f"{path}: holds neither encoder.onnx nor model.safetensors")
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file or folder")
+    from .torch_translator import TorchTranslator
+
+    return TorchTranslator.load(path)
 
 
 def format_attention(t: Translation, layer: int) -> str:

@@ -4,15 +4,15 @@
 decodes them with the searches of :mod:`vit.decoding` on its back end's
 :class:`~vit.decoding.Stepper`, and turns the ids back into text. Back ends:
 :class:`export.onnx_translator.OnnxTranslator` (an exported folder, onnxruntime, no
-torch) and :class:`export.torch_translator.TorchTranslator` (a checkpoint, PyTorch).
-:func:`load_translator` picks one from a path. This module imports no torch.
+torch) and :class:`export.torch_translator.TorchTranslator` (a checkpoint, PyTorch);
+:func:`export.translate.load_translator` picks one from a path. This module imports no
+torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -82,23 +82,3 @@ class Translator:
     def _empty(self, source: str, return_attention: bool) -> Translation:
         attention = np.zeros((self.num_layers, 0, 0), dtype=np.float32) if return_attention else None
         return Translation(source, "", [], [], attention, False)
-
-
-def load_translator(path: str | Path, *, providers: Sequence[str] | None = None) -> Translator:
-    """A folder with ``encoder.onnx``: onnxruntime (no torch); a ``.ckpt``/``.safetensors``
-    file or a folder with ``model.safetensors``: PyTorch."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / "encoder.onnx").is_file():
-            from .onnx_translator import OnnxTranslator
-
-            return OnnxTranslator(path, providers=providers)
-        if (path / "model.safetensors").is_file():
-            path = path / "model.safetensors"
-        else:
-            raise FileNotFoundError(f"{path}: holds neither encoder.onnx nor model.safetensors")
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such model file or folder")
-    from .torch_translator import TorchTranslator
-
-    return TorchTranslator.load(path)

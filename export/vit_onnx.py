@@ -80,6 +80,21 @@ def export_graph(model: ViT, path: str | Path, *, return_attention: bool = False
             input_names=["images"], output_names=output_names(return_attention),
             dynamic_shapes=({0: batch},), external_data=False, verbose=False,
         )
+    if not return_attention:
+        _fold_weight_slices(path)
+
+
+def _fold_weight_slices(path: str | Path) -> None:
+    """Fold the slices of each ``qkv`` weight that the split layout traces into three
+    plain weights (the exporter's own folding stops at 8192 elements), so that the graph
+    has the MatMul-on-initializer projections onnxruntime's attention fusion looks for."""
+    import onnx
+    import onnxscript.optimizer
+
+    limit = 1 << 40
+    model = onnxscript.optimizer.optimize(onnx.load(str(path)), input_size_limit=limit,
+                                          output_size_limit=limit)
+    onnx.save(model, str(path))
 
 
 def default_preprocess(model: ViT) -> Preprocess:

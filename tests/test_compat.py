@@ -12,7 +12,7 @@ import torch
 
 from export.onnx_classifier import OnnxClassifier
 from export.torch_translator import TorchTranslator
-from export.translator import load_translator
+from export.translate import load_translator
 from vit.checkpoint import load_seq2seq, load_vit
 from vit.decoding import beam_search, greedy_decode
 
@@ -27,7 +27,8 @@ def vit_ref() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def text_ref() -> tuple[dict[str, np.ndarray], dict]:
-    return dict(np.load(DATA / "seq2seq_reference.npz")), json.loads((DATA / "seq2seq_reference.json").read_text())
+    texts = json.loads((DATA / "seq2seq_reference.json").read_text(encoding="utf-8"))
+    return dict(np.load(DATA / "seq2seq_reference.npz")), texts
 
 
 @pytest.mark.parametrize("name", ["vit_conv.ckpt", "vit_conv.safetensors"])

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
+import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
@@ -22,11 +24,41 @@ from vit.errors import ConfigError, DataError
 
 from . import callbacks, image_classifier, image_data  # noqa: F401 -- short class names in configs
 
+# class paths of modules that were renamed, as checkpoints written before the rename name them
+RENAMED = {"training.classifier.ImageClassifier": "training.image_classifier.ImageClassifier"}
+
+
+class TrainCLI(LightningCLI):
+    """Lightning's CLI, reading the model's class path of an older checkpoint under its
+    current name."""
+
+    def _parse_ckpt_path(self) -> None:
+        """As Lightning's own: the hyperparameters of ``--ckpt_path FILE`` update the model's
+        config, with the class path translated through :data:`RENAMED`."""
+        if not self.config.get("subcommand"):
+            return
+        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            class_path = hparams.pop("_class_path")
+            hparams = {"class_path": RENAMED.get(class_path, class_path), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            print(f"vit-train: error: {ckpt_path}: its hyperparameters do not fit this model",
+                  file=sys.stderr)
+            raise
+
 
 def main(args: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        LightningCLI(
+        TrainCLI(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,

@@ -72,7 +72,7 @@ class Seq2SeqConfig:
         for name in ("pad_id", "bos_id", "eos_id"):
             value = getattr(self, name)
             if not 0 <= value < self.tgt_vocab_size:
-                raise ValueError(
+                raise ConfigError(
                     f"Seq2SeqConfig.{name}={value} is outside the target vocabulary "
                     f"[0, {self.tgt_vocab_size})"
                 )
