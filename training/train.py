@@ -16,13 +16,13 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from vit.errors import ConfigError, DataError
 
 from . import callbacks, image_classifier, image_data  # noqa: F401 -- short class names in configs
+from .checkpoint_io import AtomicCheckpointIO, read_checkpoint_file
 
 # class paths of modules that were renamed, as checkpoints written before the rename name them
 RENAMED = {"training.classifier.ImageClassifier": "training.image_classifier.ImageClassifier"}
@@ -40,7 +40,7 @@ class TrainCLI(LightningCLI):
         ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
         if not ckpt_path or not Path(ckpt_path).is_file():
             return
-        hparams = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        hparams = read_checkpoint_file(ckpt_path).get("hyper_parameters", {})
         hparams.pop("_instantiator", None)
         if not hparams:
             return
@@ -64,6 +64,7 @@ def main(args: list[str] | None = None) -> None:
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
+            trainer_defaults={"plugins": [AtomicCheckpointIO()]},
             args=args,
         )
     except (DataError, ConfigError) as exc:
