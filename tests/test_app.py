@@ -1,10 +1,12 @@
-"""The Gradio demo: predictions equal the ONNX classifier's, bad uploads get messages, the
-launched server answers concurrent clients, and it starts safe by default."""
+"""The Gradio demo (demo/app.py): the launched server answers like the classifier, survives
+bad uploads and concurrent clients, clamps out-of-range settings sent through its API,
+serves no other files, starts safe by default, and says what to do without a model."""
 
 from __future__ import annotations
 
-import io
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -14,80 +16,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from conftest import CLASSES, make_image_folder
+from conftest import CLASSES, REPO, corrupt_files
 from PIL import Image
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
-from demo.app import EXAMPLES_DIR, build_app, example_images, launch_options, main, queue_options  # noqa: E402
-from demo.backend import OnnxBackend, TorchBackend, load_backend  # noqa: E402
-from demo.overlay import crop_box, draw_overlay  # noqa: E402
-from demo.views import VIEWS, UploadError, ViewSettings, analyze, open_upload, render  # noqa: E402
-from export.classifier import OnnxClassifier  # noqa: E402
-from vit.preprocess import Preprocess, preprocess_image, resize_and_crop  # noqa: E402
-from vit.rollout import attention_rollout, raw_attention  # noqa: E402
+from demo.app import (  # noqa: E402
+    EXAMPLES_DIR,
+    _settings,
+    build_app,
+    example_images,
+    launch_options,
+    main,
+    model_panel,
+    queue_options,
+)
+from demo.backend import OnnxBackend, TorchBackend  # noqa: E402
+from demo.views import VIEWS, ViewSettings, analyze, open_upload, render  # noqa: E402
+from export.onnx_classifier import OnnxClassifier  # noqa: E402
 
 
-def build_demo_model(root: Path) -> dict[str, Path]:
-    """A tiny ViT trained for a second on the 3-class shapes, saved as project safetensors
-    and exported (with its attention output) to ONNX by the project's exporter."""
-    from export.cli import ExportOptions, export_checkpoint
-    from vit.checkpoint import save_safetensors
-    from vit.vit import ViT, ViTConfig
-
-    images = make_image_folder(root / "images", per_class=16)
-    spec = Preprocess(crop_size=32, resize_size=32)
-    xs, ys = [], []
-    for label, name in enumerate(CLASSES):
-        for path in sorted((images / name).glob("*.png")):
-            xs.append(preprocess_image(Image.open(path), spec))
-            ys.append(label)
-    x, y = torch.from_numpy(np.stack(xs)), torch.tensor(ys)
-    torch.manual_seed(0)
-    config = ViTConfig(image_size=32, patch_size=8, num_classes=len(CLASSES), dim=32, depth=2, num_heads=2,
-                       mlp_ratio=2.0)
-    model = ViT(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(40):
-        idx = torch.randint(0, len(x), (32,))
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    record = {"config": config.to_dict(), "class_names": list(CLASSES), "preprocess": spec.to_dict(),
-              "val_acc": 0.75, "source": "tests: 40 steps on generated shapes"}
-    checkpoint = root / "tiny.safetensors"
-    save_safetensors(model.eval(), record, checkpoint)
-    result = export_checkpoint(checkpoint, root / "tiny.onnx", ExportOptions(attention=True, num_verify=8))
-    assert result.passed, result.reports
-    return {"onnx": root / "tiny.onnx", "checkpoint": checkpoint, "images": images}
-
-
-@pytest.fixture(scope="module")
-def demo_model(tmp_path_factory) -> dict[str, Path]:
-    return build_demo_model(tmp_path_factory.mktemp("demo_model"))
-
-
-@pytest.fixture(scope="module")
-def server(demo_model):
-    """The app, launched in-process with the options ``vit-demo`` uses, on a free port."""
-    app = build_app(load_backend(demo_model["onnx"]))
-    app.queue(**queue_options())
-    app.launch(prevent_thread_lock=True, quiet=True, **launch_options())
-    try:
-        yield app
-    finally:
-        app.close()
-
-
-def real_images(demo_model) -> list[Path]:
-    return [Path(p) for p in example_images()] + sorted(demo_model["images"].rglob("*.png"))[::8]
-
-
-def test_examples_are_shipped():
+def test_examples_are_shipped() -> None:
     names = [Path(p).name for p in example_images()]
     assert len(names) >= 6 and "chelsea_cat.jpg" in names
     assert (EXAMPLES_DIR / "SOURCES.md").is_file()
@@ -95,100 +45,11 @@ def test_examples_are_shipped():
         assert Image.open(p).size >= (32, 32)
 
 
-def test_prediction_equals_onnx_classifier(demo_model):
-    backend = OnnxBackend(demo_model["onnx"])
-    reference = OnnxClassifier(demo_model["onnx"])
-    for path in real_images(demo_model):
-        session = analyze(backend, open_upload({"path": str(path), "orig_name": path.name}))
-        [want] = reference.predict(path, top_k=5)
-        assert session.analysis.labels == want.labels
-        np.testing.assert_allclose(session.analysis.probs, want.probs, rtol=1e-6)
-        np.testing.assert_allclose(session.analysis.attention, want.attention, rtol=1e-6)
-
-
-def test_checkpoint_backend_agrees_and_adds_class_maps(demo_model):
-    onnx, ckpt = OnnxBackend(demo_model["onnx"]), TorchBackend(demo_model["checkpoint"])
-    assert ckpt.card.class_specific and not onnx.card.class_specific
-    image = open_upload(str(example_images()[0]))
-    a, b = onnx.analyze(image), ckpt.analyze(image)
-    assert a.labels == b.labels
-    np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
-    np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)
-    assert b.class_map.shape == ckpt.card.grid and a.class_map is None
-    other = ckpt.explain(b.pixels, b.indices[1])
-    assert other.shape == ckpt.card.grid and not np.allclose(other, b.class_map)
-
-
-def test_views_redraw_from_stored_attention(demo_model):
-    backend = OnnxBackend(demo_model["onnx"])
-    session = analyze(backend, open_upload(str(example_images()[0])))
-    weights = session.attention[None]  # (1, L, H, N, N)
-    from demo.views import relevance
-
-    got = relevance(backend.card, session, ViewSettings(head_fusion="max", discard_ratio=0.5, start_layer=1))
-    np.testing.assert_allclose(got, attention_rollout(weights, head_fusion="max", discard_ratio=0.5,
-                                                      start_layer=1)[0])
-    got = relevance(backend.card, session, ViewSettings(view=VIEWS[1], layer=0, head="1"))
-    np.testing.assert_allclose(got, raw_attention(weights, 0, 1)[0])
-    images = {opacity: np.asarray(render(backend.card, session, ViewSettings(opacity=opacity)))
-              for opacity in (0.0, 1.0)}
-    assert images[0.0].shape == np.asarray(session.photo).shape
-    assert not np.array_equal(images[0.0], images[1.0])
-
-
-def test_crop_box_is_what_the_model_sees():
-    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 451, 3), dtype=np.uint8))
-    for spec in (Preprocess(crop_size=32, resize_size=32), Preprocess(crop_size=224, resize_size=256)):
-        box = crop_box(photo.size, spec)
-        side = 300 * spec.crop_size / spec.resize_size
-        pixel = 451 / spec.resize_size  # one resized pixel, in photo pixels
-        np.testing.assert_allclose([box[2] - box[0], box[3] - box[1]], [side, side], atol=pixel)
-        np.testing.assert_allclose([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2], [225.5, 150], atol=pixel)
-        model_view = np.asarray(resize_and_crop(photo, spec), dtype=np.float32)
-        ours = np.asarray(photo.crop(tuple(round(v) for v in box)).resize(model_view.shape[:2][::-1],
-                                                                          Image.Resampling.BILINEAR))
-        assert np.abs(ours - model_view).mean() < 25  # same region (random pixels resample differently)
-
-
-def test_overlay_opacity_and_outside():
-    photo = Image.new("RGB", (40, 20), (200, 100, 50))
-    relevance = np.array([[0.0, 1.0], [0.5, 0.2]])
-    clear = np.asarray(draw_overlay(photo, relevance, (10, 0, 30, 20), opacity=0.0))
-    assert (clear[1:-1, 11:29] == (200, 100, 50)).all()  # inside, opacity 0: the photo
-    assert (clear[:, :9] == np.round(np.array([200, 100, 50]) * 0.35)).all()  # outside: dimmed
-    full = np.asarray(draw_overlay(photo, relevance, (10, 0, 30, 20), opacity=1.0))
-    assert not (full[1:-1, 11:29] == (200, 100, 50)).all(axis=-1).any()
-
-
-def corrupt_files(folder: Path) -> dict[str, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    good = io.BytesIO()
-    Image.new("RGB", (64, 64), (10, 200, 30)).save(good, format="JPEG")
-    files = {"empty": b"", "text": b"this is not an image\n" * 10, "truncated": good.getvalue()[:300]}
-    paths = {}
-    for name, data in files.items():
-        paths[name] = folder / f"{name}.jpg"
-        paths[name].write_bytes(data)
-    paths["bomb"] = folder / "bomb.png"  # 8000 x 8000 = 64 MP, a few kB on disk
-    Image.new("1", (8000, 8000)).save(paths["bomb"])
-    return paths
-
-
-def test_bad_uploads_get_readable_messages(tmp_path):
-    paths = corrupt_files(tmp_path)
-    expected = {"empty": "empty file", "text": "not an image", "truncated": "truncated or corrupt",
-                "bomb": "above the limit"}
-    for name, path in paths.items():
-        with pytest.raises(UploadError, match=expected[name]) as info:
-            open_upload({"path": str(path), "orig_name": path.name})
-        assert str(tmp_path) not in str(info.value)  # no server paths in the message
-
-
-def test_server_survives_bad_uploads(server, demo_model, tmp_path):
+def test_server_survives_bad_uploads(demo_server: gr.Blocks, tmp_path: Path) -> None:
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    client = Client(server.local_url, verbose=False)
+    client = Client(demo_server.local_url, verbose=False)
     for name, path in corrupt_files(tmp_path).items():
         with pytest.raises(AppError, match="Cannot use") as info:
             client.predict(handle_file(str(path)), api_name="/classify")
@@ -201,10 +62,10 @@ def test_server_survives_bad_uploads(server, demo_model, tmp_path):
     assert label["label"] in CLASSES  # still serving
 
 
-def test_server_answers_like_the_classifier(server, demo_model):
+def test_server_answers_like_the_classifier(demo_server: gr.Blocks, demo_model: dict[str, Path]) -> None:
     from gradio_client import Client, handle_file
 
-    client = Client(server.local_url, verbose=False)
+    client = Client(demo_server.local_url, verbose=False)
     reference = OnnxClassifier(demo_model["onnx"])
     for path in example_images()[:3]:
         label, original, overlay, _, _ = client.predict(handle_file(path), api_name="/classify")
@@ -214,7 +75,7 @@ def test_server_answers_like_the_classifier(server, demo_model):
         assert Image.open(original).size == Image.open(overlay).size
 
 
-def test_concurrent_clients(server):
+def test_concurrent_clients(demo_server: gr.Blocks) -> None:
     """50 requests from 8 clients at once: no errors; latency percentiles are printed."""
     from gradio_client import Client, handle_file
 
@@ -222,7 +83,7 @@ def test_concurrent_clients(server):
     latencies: list[float] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
-    clients = [Client(server.local_url, verbose=False) for _ in range(8)]
+    clients = [Client(demo_server.local_url, verbose=False) for _ in range(8)]
 
     def request(i: int) -> None:
         start = time.perf_counter()
@@ -243,20 +104,20 @@ def test_concurrent_clients(server):
     print(f"\n50 requests, 8 concurrent clients: p50 {q[49] * 1000:.0f} ms, p95 {q[94] * 1000:.0f} ms")
 
 
-def test_server_serves_no_other_files(server):
+def test_server_serves_no_other_files(demo_server: gr.Blocks) -> None:
     secret = Path(__file__)
-    base = server.local_url
+    base = demo_server.local_url
     for url in (f"{base}gradio_api/file={secret}", f"{base}gradio_api/file=/etc/passwd",
                 f"{base}file=/etc/passwd"):
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(url, timeout=10)
         assert info.value.code in (403, 404)
     example = example_images()[0]
-    with urllib.request.urlopen(f"{server.local_url}gradio_api/file={example}", timeout=10) as response:
+    with urllib.request.urlopen(f"{demo_server.local_url}gradio_api/file={example}", timeout=10) as response:
         assert response.status == 200
 
 
-def test_safe_defaults():
+def test_safe_defaults() -> None:
     options = launch_options()
     assert options["server_name"] == "127.0.0.1" and options["share"] is False
     assert options["enable_monitoring"] is False and options["max_file_size"] == "10mb"
@@ -264,10 +125,11 @@ def test_safe_defaults():
     assert queue_options()["max_size"] > 0
 
 
-def test_main_without_a_model_says_how_to_get_one(tmp_path, monkeypatch, capsys):
+def test_main_without_a_model_says_how_to_get_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
     import demo.app
 
-    monkeypatch.setattr(demo.app, "DEFAULT_MODEL", tmp_path / "models" / "cifar10_vit.onnx")  # none there
+    monkeypatch.setattr(demo.app, "DEFAULT_CLASSIFIER", tmp_path / "models" / "cifar10_vit.onnx")  # none
     assert main([]) == 2
     err = capsys.readouterr().err
     assert "vit-train fit --config training/configs/cifar10.yaml" in err and "vit-export" in err
@@ -277,27 +139,80 @@ def test_main_without_a_model_says_how_to_get_one(tmp_path, monkeypatch, capsys)
     assert "not a loadable ONNX model" in capsys.readouterr().err
 
 
-def test_translator_flag_is_checked(demo_model, capsys):
+def test_translator_flag_is_checked(demo_model: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
     assert main(["--model", str(demo_model["onnx"]), "--translator", "/nonexistent/translator"]) == 2
     assert "--translator" in capsys.readouterr().err
 
 
-def test_onnx_serving_path_imports_no_torch(demo_model):
-    import subprocess
-    import sys
-
+def test_onnx_serving_path_imports_no_torch(demo_model: dict[str, Path]) -> None:
     code = ("import sys; from demo.app import build_app; from demo.backend import load_backend; "
             "from demo.views import analyze, open_upload, render, ViewSettings; "
             f"b = load_backend({str(demo_model['onnx'])!r}); build_app(b); "
             f"render(b.card, analyze(b, open_upload({example_images()[0]!r})), ViewSettings()); "
             "assert 'torch' not in sys.modules, 'torch imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
-def test_api_settings_out_of_range_are_clamped(server):
+def test_settings_clamp_out_of_range_values() -> None:
+    """What the page or an API call sends, unchecked -> valid settings."""
+    s = _settings("Raw attention (one layer)", "max", 5.0, -3, 99, "7", 2.0)
+    assert s == ViewSettings(view=VIEWS[1], head_fusion="max", discard_ratio=0.95, start_layer=0, layer=99,
+                             head="7", opacity=1.0)  # layer and head: clamped to the model when drawn
+    s = _settings("no such view", "median", -1.0, "x", None, "-2", -0.5)
+    assert s == ViewSettings(view=VIEWS[0], head_fusion="mean", discard_ratio=0.0, start_layer=0, layer=-1,
+                             head="mean", opacity=0.0)
+    s = _settings(VIEWS[0], "min", "0.3", 2.7, -1e9, None, "nan?")
+    assert (s.head_fusion, s.discard_ratio, s.start_layer, s.layer, s.head, s.opacity) == \
+        ("min", 0.3, 2, -1_000_000, "mean", 0.5)
+
+
+def test_api_settings_out_of_range_are_clamped(demo_server: gr.Blocks, demo_model: dict[str, Path]) -> None:
+    """Out-of-range map settings sent to /classify (which takes them unchecked) draw exactly the
+    map of the clamped settings: discard ratio 0.95, first layer 0, opacity 1, the last layer
+    and head of the model."""
     from gradio_client import Client, handle_file
 
-    client = Client(server.local_url, verbose=False)
-    result = client.predict(handle_file(example_images()[1]), "Raw attention (one layer)", "max", 5.0, -3, 99,
-                            "7", 2.0, api_name="/classify")
-    assert result[0]["label"] in CLASSES and Path(result[2]).is_file()
+    backend = OnnxBackend(demo_model["onnx"])
+    card = backend.card
+    path = example_images()[1]
+    session = analyze(backend, open_upload(path))
+    client = Client(demo_server.local_url, verbose=False)
+    last_layer, last_head = card.depth - 1, str(card.num_heads - 1)
+    sent = {
+        VIEWS[1]: ((VIEWS[1], "max", 5.0, -3, 99, "7", 2.0),
+                   ViewSettings(view=VIEWS[1], layer=last_layer, head=last_head, opacity=1.0)),
+        VIEWS[0]: ((VIEWS[0], "max", 5.0, -3, 99, "7", 2.0),
+                   ViewSettings(head_fusion="max", discard_ratio=0.95, start_layer=0, opacity=1.0)),
+    }
+    drawn = {}
+    for view, (controls, clamped) in sent.items():
+        label, _, overlay, _, _ = client.predict(handle_file(path), *controls, api_name="/classify")
+        assert label["label"] in CLASSES
+        drawn[view] = np.asarray(Image.open(overlay).convert("RGB"))
+        np.testing.assert_array_equal(drawn[view], np.asarray(render(card, session, clamped)))
+    assert not np.array_equal(drawn[VIEWS[0]], drawn[VIEWS[1]])
+    # in range, the settings are used as sent: a different picture from the clamped one
+    inside = ViewSettings(view=VIEWS[1], layer=0, head="0", opacity=0.5)
+    _, _, overlay, _, _ = client.predict(handle_file(path), VIEWS[1], "mean", 0.0, 0, 0, "0", 0.5,
+                                         api_name="/classify")
+    np.testing.assert_array_equal(np.asarray(Image.open(overlay).convert("RGB")),
+                                  np.asarray(render(card, session, inside)))
+    assert not np.array_equal(np.asarray(render(card, session, inside)), drawn[VIEWS[1]])
+
+
+def test_model_panel_describes_the_model(demo_model: dict[str, Path]) -> None:
+    onnx = model_panel(OnnxBackend(demo_model["onnx"]).card)
+    assert "`tiny.onnx`" in onnx and "ONNX Runtime" in onnx and "circle, square, stripes" in onnx
+    assert "2 layers x 2 heads" in onnx and "grid 4x4 + 1 class token" in onnx and "75.00%" in onnx
+    assert "attention rollout and raw attention" in onnx and "class-specific" not in onnx
+    torch_panel = model_panel(TorchBackend(demo_model["checkpoint"]).card)
+    assert "PyTorch" in torch_panel and "class-specific gradient-weighted rollout" in torch_panel
+
+
+def test_app_events_have_api_names_and_the_translate_tab(demo_model: dict[str, Path], toy_onnx: Path) -> None:
+    backend = OnnxBackend(demo_model["onnx"])
+    names = {dep.get("api_name") for dep in build_app(backend).config["dependencies"]}
+    assert {"classify", "redraw", "explain", "load_example"} <= names and "translate" not in names
+    with_tab = build_app(backend, translator=toy_onnx)
+    names = {dep.get("api_name") for dep in with_tab.config["dependencies"]}
+    assert {"classify", "translate", "translate_alignment"} <= names

@@ -9,21 +9,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from demo.app import example_images
-from export.classifier import OnnxClassifier
-from export.predict import DEFAULT_MODEL
+from export.onnx_classifier import OnnxClassifier
 from vit.checkpoint import load_vit
+from vit.paths import DEFAULT_CLASSIFIER, MODELS_DIR
 from vit.preprocess import Preprocess, preprocess_image
 
-MODELS = DEFAULT_MODEL.parent
+MODELS = MODELS_DIR
 WEIGHTS = MODELS / "cifar10_vit.safetensors"
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 @pytest.fixture(scope="module")
 def model() -> OnnxClassifier:
-    return OnnxClassifier(DEFAULT_MODEL)
+    return OnnxClassifier(DEFAULT_CLASSIFIER)
+
+
+def test_default_classifier_is_in_the_models_folder() -> None:
+    assert DEFAULT_CLASSIFIER == MODELS_DIR / "cifar10_vit.onnx" and DEFAULT_CLASSIFIER.is_file()
 
 
 def labelled_examples() -> list[tuple[str, str]]:
@@ -69,9 +74,7 @@ def test_safetensors_weights_equal_onnx(model: OnnxClassifier) -> None:
     np.testing.assert_allclose(model.predict_batch(batch)["logits"], expected, atol=1e-4, rtol=0)
 
 
-def _open(path: str):
-    from PIL import Image
-
+def _open(path: str) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return image

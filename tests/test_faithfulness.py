@@ -6,36 +6,38 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
+from conftest import REPO, one_patch_images, train_one_patch_vit
 from PIL import Image
-from test_rollout_trained import one_patch_images, train
 
-from vit.checkpoint import save_safetensors
+from vit.checkpoint import save_vit
 from vit.preprocess import Preprocess
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "faithfulness.py"
+BENCHMARK = REPO / "benchmarks" / "faithfulness.py"
 
 
-def load_benchmark():
+def load_benchmark() -> ModuleType:
     spec = importlib.util.spec_from_file_location("faithfulness", BENCHMARK)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_area_under_curve():
+def test_area_under_curve() -> None:
     bench = load_benchmark()
     np.testing.assert_allclose(bench.area_under(np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])), [1.0, 0.25])
 
 
-def test_deletion_ranks_faithful_maps_above_random(tmp_path, capsys):
+def test_deletion_ranks_faithful_maps_above_random(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     bench = load_benchmark()
-    model = train(class_token=True)
+    model = train_one_patch_vit(class_token=True)
     spec = Preprocess(crop_size=16, resize_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     record = {"config": model.config.to_dict(), "class_names": ["red", "blue", "none"],
               "preprocess": spec.to_dict(), "val_acc": None, "source": "tests"}
-    save_safetensors(model, record, tmp_path / "one_patch.safetensors")
+    save_vit(model, record, tmp_path / "one_patch.safetensors")
     x, y, _ = one_patch_images(40, np.random.default_rng(11), with_empty=False)
     for i, (image, label) in enumerate(zip(x.numpy(), y.tolist(), strict=True)):
         folder = tmp_path / "data" / record["class_names"][label]

@@ -1,4 +1,5 @@
-"""OnnxClassifier: torch-free serving API, preprocessing parity, image modes, bad models."""
+"""OnnxClassifier (export/onnx_classifier.py): torch-free serving API, image inputs and modes,
+batches, the attention output, bad models and providers."""
 
 from __future__ import annotations
 
@@ -9,37 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, TINY, photo
 from PIL import Image
-from test_export_fixtures import (  # noqa: F401  (fixtures)
-    TINY,
-    tiny_checkpoint,
-    tiny_data,
-    tiny_onnx,
-    tiny_onnx_attention,
-)
 
-from export.classifier import OnnxClassifier, Prediction, resolve_providers
-from vit.preprocess import Preprocess, preprocess_image
-
-ROOT = Path(__file__).resolve().parents[1]
+from export.onnx_classifier import OnnxClassifier, Prediction, resolve_providers, softmax
+from vit.preprocess import Preprocess
 
 
 @pytest.fixture(scope="module")
-def clf(tiny_onnx):  # noqa: F811
+def clf(tiny_onnx: Path) -> OnnxClassifier:
     return OnnxClassifier(tiny_onnx)
 
 
-def _photo(size=(48, 40), seed=0) -> Image.Image:
-    """A smooth RGB test picture (gradients + a disc), so resizing is well defined."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    yy, xx = np.mgrid[:h, :w]
-    img = np.stack([xx * 255 // w, yy * 255 // h, np.full((h, w), 90)], -1).astype(np.uint8)
-    img[(yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (min(w, h) // 4) ** 2] = rng.integers(150, 255, 3)
-    return Image.fromarray(img)
-
-
-def test_info_describes_the_model(clf):
+def test_info_describes_the_model(clf: OnnxClassifier) -> None:
     info = clf.info
     assert info.class_names == ["circle", "square", "stripes"]
     assert info.preprocess == Preprocess() and info.input_size == (32, 32)
@@ -49,7 +32,7 @@ def test_info_describes_the_model(clf):
     assert clf.providers == ["CPUExecutionProvider"]
 
 
-def test_predict_accepts_pil_arrays_and_paths_alike(clf, tiny_data):  # noqa: F811
+def test_predict_accepts_pil_arrays_and_paths_alike(clf: OnnxClassifier, tiny_data: Path) -> None:
     path = sorted((tiny_data / "square").glob("*.png"))[0]
     image = Image.open(path)
     by_path, by_pil, by_array = clf.predict([path, image, np.asarray(image)], top_k=2)
@@ -63,7 +46,7 @@ def test_predict_accepts_pil_arrays_and_paths_alike(clf, tiny_data):  # noqa: F8
     assert len(single.labels) == 3 and abs(sum(single.probs) - 1) < 1e-6
 
 
-def test_predict_batches_agree_with_one_by_one(clf, tiny_data):  # noqa: F811
+def test_predict_batches_agree_with_one_by_one(clf: OnnxClassifier, tiny_data: Path) -> None:
     paths = sorted(tiny_data.rglob("*.png"))[:7]
     together = clf.predict(paths, batch_size=3)
     alone = [clf.predict(p)[0] for p in paths]
@@ -76,30 +59,12 @@ def test_predict_batches_agree_with_one_by_one(clf, tiny_data):  # noqa: F811
         clf.predict_batch(batch[:, :, :16])
 
 
-def test_attention_model_returns_attention_per_image(tiny_onnx_attention, tiny_data):  # noqa: F811
+def test_attention_model_returns_attention_per_image(tiny_onnx_attention: Path, tiny_data: Path) -> None:
     clf = OnnxClassifier(tiny_onnx_attention)
     assert clf.info.has_attention
     preds = clf.predict(sorted(tiny_data.rglob("*.png"))[:2])
     assert all(p.attention.shape == (TINY["depth"], TINY["num_heads"], 17, 17) for p in preds)
     np.testing.assert_allclose(preds[0].attention.sum(-1), 1.0, atol=1e-5)  # rows sum to 1
-
-
-@pytest.mark.parametrize("size,spec", [((48, 40), Preprocess()), ((37, 61), Preprocess(resize_size=36)),
-                                       ((64, 64), Preprocess(resize_size=40, interpolation="bicubic")),
-                                       ((32, 32), Preprocess())])
-def test_preprocessing_equals_torchvision_v2(size, spec):
-    import torch
-    from torchvision.transforms import InterpolationMode, v2
-
-    mode = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}[spec.interpolation]
-    tv = v2.Compose([v2.Resize(spec.resize_size, interpolation=mode, antialias=True),
-                     v2.CenterCrop(spec.crop_size), v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
-                     v2.Normalize(spec.mean, spec.std)])
-    image = _photo(size)
-    ours = preprocess_image(image, spec)
-    theirs = tv(image).numpy()
-    assert ours.shape == theirs.shape == (3, spec.crop_size, spec.crop_size)
-    np.testing.assert_allclose(ours, theirs, atol=1e-5)  # same PIL resize: rounding-level only
 
 
 def _saved(image: Image.Image, fmt: str, **kwargs) -> Image.Image:
@@ -108,8 +73,8 @@ def _saved(image: Image.Image, fmt: str, **kwargs) -> Image.Image:
     return Image.open(io.BytesIO(buf.getvalue()))
 
 
-def test_image_modes_are_handled_as_a_viewer_shows_them(clf, tmp_path):
-    rgb = _photo()
+def test_image_modes_are_handled_as_a_viewer_shows_them(clf: OnnxClassifier, tmp_path: Path) -> None:
+    rgb = photo()
     spec = clf.info.preprocess
     prep = lambda img: clf.preprocess(img)[0]
     gray = rgb.convert("L")
@@ -134,8 +99,8 @@ def test_image_modes_are_handled_as_a_viewer_shows_them(clf, tmp_path):
     np.testing.assert_allclose(prep(sixteen), prep(gray), atol=1.5 / 255 / min(spec.std))
 
 
-def test_exif_rotation_is_applied(clf, tmp_path):
-    upright = _photo((40, 56))
+def test_exif_rotation_is_applied(clf: OnnxClassifier, tmp_path: Path) -> None:
+    upright = photo((40, 56))
     stored = upright.transpose(Image.Transpose.ROTATE_90)  # camera sensor order
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW to display
@@ -149,7 +114,7 @@ def test_exif_rotation_is_applied(clf, tmp_path):
     assert np.abs(shown - clf.preprocess(pixels)[0]).mean() > 0.3  # not the sensor order
 
 
-def test_bad_arrays_and_types_are_refused(clf):
+def test_bad_arrays_and_types_are_refused(clf: OnnxClassifier) -> None:
     with pytest.raises(ValueError, match="uint8 image array"):
         clf.predict(np.zeros((32, 32, 3), np.float32))
     with pytest.raises(TypeError, match="cannot classify a int"):
@@ -158,7 +123,7 @@ def test_bad_arrays_and_types_are_refused(clf):
     assert len(pred.labels) == 3
 
 
-def test_corrupt_or_foreign_onnx_files_fail_at_load(tmp_path, tiny_onnx):  # noqa: F811
+def test_corrupt_or_foreign_onnx_files_fail_at_load(tmp_path: Path, tiny_onnx: Path) -> None:
     data = tiny_onnx.read_bytes()
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
     (tmp_path / "text.onnx").write_text("not a model")
@@ -176,7 +141,7 @@ def test_corrupt_or_foreign_onnx_files_fail_at_load(tmp_path, tiny_onnx):  # noq
         OnnxClassifier(tmp_path / "bare.onnx")
 
 
-def test_unavailable_provider_falls_back_to_cpu(tiny_onnx, caplog):  # noqa: F811
+def test_unavailable_provider_falls_back_to_cpu(tiny_onnx: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert resolve_providers(None) == ["CPUExecutionProvider"]
     assert resolve_providers("cpu") == ["CPUExecutionProvider"]
     clf = OnnxClassifier(tiny_onnx, providers=["NoSuchExecutionProvider"])
@@ -184,7 +149,7 @@ def test_unavailable_provider_falls_back_to_cpu(tiny_onnx, caplog):  # noqa: F81
     assert "NoSuchExecutionProvider is not available" in caplog.text
 
 
-def test_serving_path_never_imports_torch(tiny_onnx, tiny_data, tmp_path):  # noqa: F811
+def test_serving_path_never_imports_torch(tiny_onnx: Path, tiny_data: Path, tmp_path: Path) -> None:
     image = sorted(tiny_data.rglob("*.png"))[0]
     code = f"""
 import sys
@@ -197,5 +162,11 @@ assert main(["--model", {str(tiny_onnx)!r}, {str(image)!r}, "-o", {str(tmp_path 
 bad = [m for m in sys.modules if m == "torch" or m.startswith(("torch.", "torchvision", "timm"))]
 assert not bad, bad
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_softmax_rows_sum_to_one_without_overflow() -> None:
+    probs = softmax(np.array([[1000.0, 1000.0, 0.0], [0.0, 1.0, 2.0]], dtype=np.float32))
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    np.testing.assert_allclose(probs[0], [0.5, 0.5, 0.0], atol=1e-12)

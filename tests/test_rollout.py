@@ -71,7 +71,8 @@ SETTINGS = [
 
 
 @pytest.mark.parametrize("head_fusion,discard_ratio,start_layer,prefix,grid,pool", SETTINGS)
-def test_rollout_matches_loop_reference(head_fusion, discard_ratio, start_layer, prefix, grid, pool):
+def test_rollout_matches_loop_reference(head_fusion: str, discard_ratio: float, start_layer: int,
+                                        prefix: int, grid: tuple[int, int], pool: str) -> None:
     rng = np.random.default_rng(hash((head_fusion, discard_ratio, prefix, grid)) % 2**32)
     n = prefix + grid[0] * grid[1]
     w = random_attention(rng, 3, 3, 4, n)
@@ -82,7 +83,7 @@ def test_rollout_matches_loop_reference(head_fusion, discard_ratio, start_layer,
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_rollout_accepts_a_sequence_of_layers_and_float32():
+def test_rollout_accepts_a_sequence_of_layers_and_float32() -> None:
     rng = np.random.default_rng(1)
     w = random_attention(rng, 2, 4, 3, 10).astype(np.float32)
     stacked = attention_rollout(w, grid=(3, 3), discard_ratio=0.2)
@@ -91,7 +92,7 @@ def test_rollout_accepts_a_sequence_of_layers_and_float32():
     np.testing.assert_allclose(attention_rollout(w), attention_rollout(w, grid=(3, 3)))  # square by default
 
 
-def test_discard_is_per_image():
+def test_discard_is_per_image() -> None:
     """Two images whose attention lives on different scales: each gets its own threshold,
     so a batch gives exactly what each image gives alone."""
     rng = np.random.default_rng(2)
@@ -111,7 +112,7 @@ def test_discard_is_per_image():
     np.testing.assert_allclose(batch, alone)
 
 
-def test_rows_are_normalized_on_the_right_axis():
+def test_rows_are_normalized_on_the_right_axis() -> None:
     rng = np.random.default_rng(3)
     a = discard_weakest(random_attention(rng, 2, 1, 1, 6)[:, 0, 0], 0.6, 1)
     r = add_residual(a)
@@ -123,7 +124,7 @@ def test_rows_are_normalized_on_the_right_axis():
     assert np.all(maps > 0) and np.all(maps.sum(axis=(1, 2)) < 1.0)
 
 
-def test_raw_attention_layer_and_head():
+def test_raw_attention_layer_and_head() -> None:
     rng = np.random.default_rng(4)
     w = random_attention(rng, 2, 3, 4, 7)
     np.testing.assert_allclose(raw_attention(w, 1, 2, grid=(2, 3)), w[:, 1, 2, 0, 1:].reshape(2, 2, 3))
@@ -133,7 +134,7 @@ def test_raw_attention_layer_and_head():
                                w[:, 0, 1, 1:, 1:].mean(1).reshape(2, 2, 3))
 
 
-def test_gradient_weighted_rollout_reference():
+def test_gradient_weighted_rollout_reference() -> None:
     rng = np.random.default_rng(5)
     w = random_attention(rng, 2, 3, 2, 5)
     g = rng.normal(size=w.shape)
@@ -148,7 +149,7 @@ def test_gradient_weighted_rollout_reference():
         np.testing.assert_allclose(got[i].ravel(), joint[0, 1:])
 
 
-def test_normalize_maps():
+def test_normalize_maps() -> None:
     maps = np.array([[[1.0, 3.0]], [[2.0, 2.0]]])
     np.testing.assert_allclose(normalize_maps(maps), [[[0.0, 1.0]], [[0.0, 0.0]]])
 
@@ -161,12 +162,12 @@ def test_normalize_maps():
     ({"num_prefix_tokens": 0, "pool": "token", "grid": (2, 5)}, "class token"),
     ({"num_prefix_tokens": 2}, "square"),
 ])
-def test_bad_arguments_say_what_is_wrong(kwargs, message):
+def test_bad_arguments_say_what_is_wrong(kwargs: dict, message: str) -> None:
     w = random_attention(np.random.default_rng(6), 1, 2, 2, 10)
     with pytest.raises(ValueError, match=message):
         attention_rollout(w, **kwargs)
 
 
-def test_rollout_module_is_torch_free():
+def test_rollout_module_is_torch_free() -> None:
     code = "import sys, vit.rollout; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

@@ -1,33 +1,17 @@
-"""Invariants of the text encoder-decoder: cache = no cache, padding and future tokens change
-nothing, input checks, checkpoint round trip."""
+"""Invariants of the text encoder-decoder (vit/seq2seq.py): cache = no cache, padding and
+future tokens change nothing, the step interface of vit.decoding, input and config checks.
+File formats are in test_checkpoint.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import BOS, PAD, rand_ids, tiny_config, tiny_model
 
-from vit.seq2seq import Seq2Seq, Seq2SeqConfig, load_seq2seq, save_seq2seq
-
-PAD, BOS, EOS = 0, 1, 2
-
+from vit.errors import ConfigError
+from vit.seq2seq import DecoderState, Seq2Seq, sinusoidal_positions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def tiny_config(**overrides) -> Seq2SeqConfig:
-    base = dict(src_vocab_size=23, tgt_vocab_size=19, pad_id=PAD, bos_id=BOS, eos_id=EOS, dim=32,
-                num_heads=4, enc_depth=2, dec_depth=2, mlp_ratio=2.0, dropout=0.0, max_len=24)
-    return Seq2SeqConfig(**{**base, **overrides})
-
-
-def tiny_model(seed: int = 0, **overrides) -> Seq2Seq:
-    torch.manual_seed(seed)
-    return Seq2Seq(tiny_config(**overrides)).eval()
-
-
-def rand_ids(b: int, n: int, vocab: int, seed: int = 1) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(3, vocab, (b, n), generator=g)
 
 
 @pytest.mark.parametrize("norm_first", [True, False])
@@ -84,16 +68,16 @@ def test_future_target_token_changes_nothing_before_it() -> None:
     assert not torch.allclose(out[:, 4:], ref[:, 4:])
 
 
-def test_cross_weights_explicit_path_matches_and_ignores_padding() -> None:
+def test_cross_attention_explicit_path_matches_and_ignores_padding() -> None:
     model = tiny_model()
     src, tgt = rand_ids(2, 6, 23), rand_ids(2, 4, 19, seed=7)
     src[0, 4:] = PAD
     enc = model.encode(src)
     plain = model.decode(tgt, enc)
-    explicit = model.decode(tgt, enc, need_weights=True)
+    explicit = model.decode(tgt, enc, return_attention=True)
     torch.testing.assert_close(explicit.logits, plain.logits, atol=1e-5, rtol=1e-5)
-    assert len(explicit.cross_weights) == 2
-    for w in explicit.cross_weights:
+    assert len(explicit.cross_attention) == 2
+    for w in explicit.cross_attention:
         assert w.shape == (2, 4, 4, 6)  # (B, H, T, S)
         torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 4))
         assert torch.all(w[0, :, :, 4:] == 0)
@@ -122,6 +106,8 @@ def test_out_of_range_ids_and_long_inputs_raise_clear_errors() -> None:
     [
         (dict(dim=30), "divisible by num_heads"),
         (dict(eos_id=19), "eos_id=19 is outside the target vocabulary"),
+        (dict(pad_id=-1), "pad_id=-1 is outside the target vocabulary"),
+        (dict(src_vocab_size=1, pad_id=1, bos_id=0), "pad_id=1 is outside the source vocabulary"),
         (dict(bos_id=PAD), "must differ"),
         (dict(share_embeddings=True), "joint vocabulary"),
         (dict(activation="tanh"), "activation"),
@@ -130,30 +116,56 @@ def test_out_of_range_ids_and_long_inputs_raise_clear_errors() -> None:
     ],
 )
 def test_config_validation(overrides: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         tiny_config(**overrides)
 
 
-def test_shared_and_tied_embeddings_round_trip(tmp_path) -> None:
-    model = tiny_model(src_vocab_size=19, share_embeddings=True, tie_output=True)
-    assert model.src_embed is model.tgt_embed
-    assert model.head.weight is model.tgt_embed.weight
-    n_untied = Seq2Seq(tiny_config(src_vocab_size=19, tie_output=False)).num_params()
-    assert model.num_params() == n_untied - 2 * 19 * 32
-    src, tgt = rand_ids(2, 5, 19), rand_ids(2, 4, 19, seed=8)
-    path = tmp_path / "m.safetensors"
-    save_seq2seq(model, {"src_tokenizer": "{}", "tgt_tokenizer": None, "val_bleu": None, "source": "test"},
-                 path)
-    loaded, record = load_seq2seq(path)
-    assert record["config"] == model.config.to_dict()
-    assert loaded.head.weight is loaded.tgt_embed.weight
-    torch.testing.assert_close(loaded(src, tgt), model(src, tgt))
+def test_step_interface_with_and_without_cache_and_reorder() -> None:
+    model = tiny_model(seed=2)
+    src, tgt = rand_ids(3, 6, 23), rand_ids(3, 4, 19, seed=4)
+    src[2, 3:] = PAD
+    tokens = torch.cat([torch.full((3, 1), BOS), tgt], dim=1)  # (B, 5), BOS first
+    with torch.no_grad():
+        full = model.decode(tokens, model.encode(src), return_attention=True)
+        state = model.start(src)
+        assert isinstance(state, DecoderState) and state.cache is None and state.rows.tolist() == [0, 1, 2]
+        for t in range(1, tokens.shape[1] + 1):
+            cached = model.step(tokens[:, :t], state, return_attention=True)
+            state = cached.state
+            uncached = model.step(tokens[:, :t], model.start(src), use_cache=False, return_attention=True)
+            torch.testing.assert_close(cached.logits, full.logits[:, t - 1], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(uncached.logits, cached.logits, atol=1e-5, rtol=1e-5)
+            assert cached.attention.shape == (3, 2, 4, 6)  # (N, L, H, S)
+            torch.testing.assert_close(cached.attention[:, 1], full.cross_attention[1][:, :, t - 1])
+        assert state.cache[0].self_attn.key.shape == (3, 4, 5, 8)
+        # rows kept, repeated and dropped, as beam search does: the same as decoding those rows
+        index = torch.tensor([2, 0, 0])
+        moved = model.reorder(state, index)
+        assert moved.rows.tolist() == [2, 0, 0]
+        nxt = torch.cat([tokens[index], torch.full((3, 1), 5)], dim=1)
+        out = model.step(nxt, moved)
+        ref = model.decode(nxt, model.encode(src[index])).logits[:, -1]
+        torch.testing.assert_close(out.logits, ref, atol=1e-5, rtol=1e-5)
+        same = model.reorder(state, torch.arange(3))  # every row keeps its source: nothing is copied
+        assert same.encoded is state.encoded and same.cache[0].cross_attn is state.cache[0].cross_attn
 
 
-def test_load_rejects_foreign_files(tmp_path) -> None:
-    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
-        load_seq2seq(tmp_path / "missing.ckpt")
-    path = tmp_path / "other.ckpt"
-    torch.save({"state_dict": {}}, path)
-    with pytest.raises(ValueError, match="not a translation checkpoint"):
-        load_seq2seq(path)
+def test_project_memory_is_every_layers_cross_attention_cache() -> None:
+    model = tiny_model()
+    src, tgt = rand_ids(2, 5, 23), rand_ids(2, 3, 19, seed=2)
+    with torch.no_grad():
+        enc = model.encode(src)
+        out = model.decode(tgt, enc, use_cache=True)
+        projected = model.project_memory(enc)
+    assert len(projected) == 2
+    for kv, layer in zip(projected, out.cache, strict=True):
+        torch.testing.assert_close(kv.key, layer.cross_attn.key)
+        torch.testing.assert_close(kv.value, layer.cross_attn.value)
+
+
+def test_sinusoidal_positions_are_the_papers() -> None:
+    table = sinusoidal_positions(10, 8)
+    pos, i = 7, 2
+    assert torch.isclose(table[pos, 2 * i], torch.sin(torch.tensor(pos / 10000 ** (2 * i / 8))))
+    assert torch.isclose(table[pos, 2 * i + 1], torch.cos(torch.tensor(pos / 10000 ** (2 * i / 8))))
+    assert Seq2Seq(tiny_config()).positions.shape == (24, 32)

@@ -1,71 +1,26 @@
-"""Parallel text: reading, clear errors, the subword tokenizer, length-bucketed batches."""
+"""Parallel text (training/text_data.py): reading, clear errors, the subword tokenizer,
+length-bucketed batches, and the data module's codec."""
 
 from __future__ import annotations
 
-import gzip
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import toy_pairs, write_corpus
 
 from training.text_data import (
-    EOS,
-    SPECIAL_TOKENS,
     Collate,
     TextDataError,
     TextDataModule,
-    TextTokenizers,
     TokenBatchSampler,
     read_lines,
     read_parallel,
     train_tokenizer,
 )
-
-# A toy language pair: German-like and English-like words, one to one, so that a tiny
-# model can learn to translate it.
-LEXICON = {
-    "ein": "a", "der": "the", "hund": "dog", "katze": "cat", "mann": "man", "frau": "woman",
-    "kind": "child", "läuft": "runs", "springt": "jumps", "schläft": "sleeps", "sitzt": "sits",
-    "schnell": "quickly", "hier": "here", "dort": "there", "rot": "red", "groß": "big",
-}
-DETS, NOUNS = ("ein", "der"), ("hund", "katze", "mann", "frau", "kind")
-VERBS, ADVS, ADJS = ("läuft", "springt", "schläft", "sitzt"), ("schnell", "hier", "dort"), ("rot", "groß")
-
-
-def toy_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    pairs = []
-    for _ in range(n):
-        words = [rng.choice(DETS)]
-        if rng.random() < 0.4:
-            words.append(rng.choice(ADJS))
-        words += [rng.choice(NOUNS), rng.choice(VERBS)]
-        if rng.random() < 0.5:
-            words.append(rng.choice(ADVS))
-        de = " ".join(words)
-        en = " ".join(LEXICON[w] for w in words)
-        pairs.append((de.capitalize() + ".", en.capitalize() + "."))
-    return pairs
-
-
-def write_corpus(root: Path, n_train: int = 200, n_val: int = 20, gz: bool = True) -> dict[str, str]:
-    """``train.de(.gz)`` etc. under ``root``; returns TextDataModule path arguments."""
-    root.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, n, seed in (("train", n_train, 0), ("val", n_val, 1)):
-        pairs = toy_pairs(n, seed)
-        for side, lang in ((0, "de"), (1, "en")):
-            text = "".join(p[side] + "\n" for p in pairs)
-            path = root / (f"{split}.{lang}.gz" if gz else f"{split}.{lang}")
-            if gz:
-                with gzip.open(path, "wt", encoding="utf-8") as f:
-                    f.write(text)
-            else:
-                path.write_text(text, encoding="utf-8")
-            paths[f"{split}_{'src' if lang == 'de' else 'tgt'}"] = str(path)
-    return paths
+from vit.errors import DataError
+from vit.text_codec import EOS, SPECIAL_TOKENS, TextCodec
 
 
 def test_read_lines_plain_and_gzip(tmp_path: Path) -> None:
@@ -134,7 +89,7 @@ def test_data_module_builds_saves_and_reloads_tokenizers(tmp_path: Path, joint: 
     tok_dir = tmp_path / "tok"
     dm = TextDataModule(**paths, vocab_size=80, joint_vocab=joint, tokenizer_dir=str(tok_dir), max_tokens=64)
     dm.setup("fit")
-    assert dm.tokenizers.joint is joint
+    assert dm.codec.joint is joint
     names = {"tokenizer.json"} if joint else {"src_tokenizer.json", "tgt_tokenizer.json"}
     assert {p.name for p in tok_dir.iterdir()} == names
     assert dm.special_ids == {"pad_id": 0, "bos_id": 1, "eos_id": 2}
@@ -144,8 +99,8 @@ def test_data_module_builds_saves_and_reloads_tokenizers(tmp_path: Path, joint: 
     assert len(dm.val_set) == 20
     again = TextDataModule(**paths, vocab_size=80, joint_vocab=joint, tokenizer_dir=str(tok_dir))
     again.setup("fit")
-    assert again.tokenizers.to_record() == dm.tokenizers.to_record()
-    assert TextTokenizers.from_record(dm.tokenizers.to_record()).joint is joint
+    assert again.codec.to_record() == dm.codec.to_record()
+    assert TextCodec.from_record(dm.codec.to_record()).joint is joint
     other = TextDataModule(**paths, vocab_size=80, joint_vocab=not joint, tokenizer_dir=str(tok_dir))
     with pytest.raises(TextDataError, match="joint_vocab"):
         other.setup("fit")
@@ -157,3 +112,15 @@ def test_data_module_argument_errors(tmp_path: Path) -> None:
     dm = TextDataModule(train_src=str(tmp_path / "missing.de"), train_tgt=str(tmp_path / "missing.en"))
     with pytest.raises(TextDataError, match=r"missing\.de: no such file"):
         dm.setup("fit")
+
+
+def test_data_module_drops_long_pairs_and_truncates_validation(tmp_path: Path) -> None:
+    paths = write_corpus(tmp_path / "data", n_train=60, n_val=10)
+    dm = TextDataModule(**paths, vocab_size=80, max_sentence_len=12, max_tokens=64)
+    dm.setup("fit")
+    assert 0 < len(dm.train_set) < 60
+    assert all(max(len(s), len(t)) <= 12 for s, t, _ in dm.train_set)
+    assert len(dm.val_set) == 10 and all(len(s) <= 12 and s[-1] == 2 for s, _, _ in dm.val_set)
+    assert issubclass(TextDataError, DataError)  # vit-train prints these as one line
+    with pytest.raises(TextDataError, match="no training pair"):
+        TextDataModule(**paths, vocab_size=80, max_sentence_len=2).setup("fit")

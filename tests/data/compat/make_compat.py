@@ -37,7 +37,7 @@ vit_train(["fit", "--config", str(REPO / "training/configs/smoke.yaml"),
            "--model.patch_size", "4", "--model.global_pool", "avg",
            "--model.vit", "{class_token: false, stem_width: 8}",
            "--trainer.default_root_dir", str(WORK),
-           
+
            "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
            "--trainer.callbacks.decay", "0.9",
            ])
@@ -82,7 +82,7 @@ vit_train(["fit", "--config", str(REPO / "training/configs/multi30k.yaml"),
            "--model.mlp_ratio", "2.0", "--model.dropout", "0.0", "--model.attn_dropout", "0.0",
            "--model.max_len", "32", "--model.lr", "5e-3", "--model.warmup_steps", "5",
            "--trainer.max_epochs", "40", "--trainer.check_val_every_n_epoch", "1",
-           "--trainer.default_root_dir", str(WORK), 
+           "--trainer.default_root_dir", str(WORK),
            ])
 shutil.copy(WORK / "runs/multi30k/checkpoints/last.ckpt", OUT / "seq2seq.ckpt")
 

@@ -1,0 +1,70 @@
+"""What the demo serves from (demo/backend.py): the ONNX back end gives the classifier's
+predictions and attention; the checkpoint back end agrees and adds class-specific maps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import timm_vit
+
+from demo.app import example_images
+from demo.backend import OnnxBackend, TorchBackend, load_backend
+from demo.views import analyze, open_upload
+from export.onnx_classifier import OnnxClassifier
+
+
+def real_images(demo_model: dict[str, Path]) -> list[Path]:
+    return [Path(p) for p in example_images()] + sorted(demo_model["images"].rglob("*.png"))[::8]
+
+
+def test_prediction_equals_onnx_classifier(demo_model: dict[str, Path]) -> None:
+    backend = OnnxBackend(demo_model["onnx"])
+    reference = OnnxClassifier(demo_model["onnx"])
+    for path in real_images(demo_model):
+        session = analyze(backend, open_upload({"path": str(path), "orig_name": path.name}))
+        [want] = reference.predict(path, top_k=5)
+        assert session.analysis.labels == want.labels
+        np.testing.assert_allclose(session.analysis.probs, want.probs, rtol=1e-6)
+        np.testing.assert_allclose(session.analysis.attention, want.attention, rtol=1e-6)
+
+
+def test_checkpoint_backend_agrees_and_adds_class_maps(demo_model: dict[str, Path]) -> None:
+    onnx, ckpt = OnnxBackend(demo_model["onnx"]), TorchBackend(demo_model["checkpoint"])
+    assert ckpt.card.class_specific and not onnx.card.class_specific
+    image = open_upload(str(example_images()[0]))
+    a, b = onnx.analyze(image), ckpt.analyze(image)
+    assert a.labels == b.labels
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
+    np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)
+    assert b.class_map.shape == ckpt.card.grid and a.class_map is None
+    other = ckpt.explain(b.pixels, b.indices[1])
+    assert other.shape == ckpt.card.grid and not np.allclose(other, b.class_map)
+
+
+def test_cards_describe_the_same_model(demo_model: dict[str, Path]) -> None:
+    a, b = OnnxBackend(demo_model["onnx"]).card, TorchBackend(demo_model["checkpoint"]).card
+    for field in ("class_names", "preprocess", "grid", "num_prefix_tokens", "pool", "depth", "num_heads",
+                  "stem", "val_acc", "has_attention"):
+        assert getattr(a, field) == getattr(b, field), field
+    assert tuple(a.input_size) == tuple(b.input_size) == (32, 32)
+    assert a.runtime.startswith("ONNX Runtime") and b.runtime == "PyTorch"
+
+
+def test_load_backend_by_file_type(demo_model: dict[str, Path], tmp_path: Path) -> None:
+    assert isinstance(load_backend(demo_model["onnx"]), OnnxBackend)
+    assert isinstance(load_backend(demo_model["checkpoint"]), TorchBackend)
+    with pytest.raises(FileNotFoundError, match="no such model file"):
+        load_backend(tmp_path / "missing.onnx")
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="expected an .onnx file or a .ckpt/.safetensors checkpoint"):
+        load_backend(tmp_path / "model.pt")
+    from safetensors.torch import save_file
+
+    save_file(timm_vit(8, 32, "token", None, dim=32, depth=1, heads=2).state_dict(),
+              str(tmp_path / "timm.safetensors"))
+    with pytest.raises(ValueError, match="no class names or preprocessing record"):
+        load_backend(tmp_path / "timm.safetensors")
+    torch.manual_seed(0)
