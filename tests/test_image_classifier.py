@@ -17,7 +17,7 @@ from vit.checkpoint import load_vit
 
 
 def test_checkpoint_is_weights_only_and_carries_the_vit_record(smoke_run: Path) -> None:
-    path = smoke_run / "runs" / "smoke" / "checkpoints" / "last.ckpt"
+    path = smoke_run / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     record = ckpt["vit"]
     assert record["class_names"] == ["circle", "square", "stripes"]
@@ -29,7 +29,7 @@ def test_checkpoint_is_weights_only_and_carries_the_vit_record(smoke_run: Path) 
 
 
 def test_load_vit_matches_the_lightning_module(smoke_run: Path) -> None:
-    path = smoke_run / "runs" / "smoke" / "checkpoints" / "last.ckpt"
+    path = smoke_run / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
     model, record = load_vit(path)
     module = ImageClassifier.load_from_checkpoint(path, map_location="cpu").eval()
     assert module.class_names == record["class_names"]
@@ -55,11 +55,11 @@ def test_compiled_fit_with_conv_stem_checkpoints_plain_weights(tmp_path: Path,
     main(fit_args(folder, tmp_path / "cache", "--trainer.max_epochs", "1", "--model.compile", "true",
                   "--model.stem", "conv"))
     assert counters["stats"]["unique_graphs"] >= 1  # the Transformer was compiled
-    ckpt = torch.load(tmp_path / "runs" / "smoke" / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt = torch.load(tmp_path / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 3 and ckpt["vit"]["config"]["stem"] == "conv"
     keys = set(ckpt["state_dict"])
     assert not any("_orig_mod" in k for k in keys) and "model.patch_embed.convs.0.weight" in keys
-    model, _ = load_vit(tmp_path / "runs" / "smoke" / "checkpoints" / "last.ckpt")
+    model, _ = load_vit(tmp_path / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt")
     assert set(model.state_dict()) == {k.removeprefix("model.") for k in keys if k.startswith("model.")}
 
 

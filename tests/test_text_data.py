@@ -75,8 +75,9 @@ def test_token_batch_sampler_covers_all_within_budget_with_little_padding() -> N
 
 def test_collate_shifts_targets() -> None:
     collate = Collate(pad_id=0, bos_id=1)
-    batch = collate([(np.array([5, 6, 2]), np.array([7, 8, 9, 2]), "a"),
-                     (np.array([5, 2]), np.array([7, 2]), "b")])
+    batch = collate([(4, np.array([5, 6, 2]), np.array([7, 8, 9, 2]), "a"),
+                     (9, np.array([5, 2]), np.array([7, 2]), "b")])
+    assert batch["index"].tolist() == [4, 9]
     assert batch["src"].tolist() == [[5, 6, 2], [5, 2, 0]]
     assert batch["tgt_in"].tolist() == [[1, 7, 8, 9], [1, 7, 0, 0]]
     assert batch["tgt_out"].tolist() == [[7, 8, 9, 2], [7, 2, 0, 0]]
@@ -119,8 +120,8 @@ def test_data_module_drops_long_pairs_and_truncates_validation(tmp_path: Path) -
     dm = TextDataModule(**paths, vocab_size=80, max_sentence_len=12, max_tokens=64)
     dm.setup("fit")
     assert 0 < len(dm.train_set) < 60
-    assert all(max(len(s), len(t)) <= 12 for s, t, _ in dm.train_set)
-    assert len(dm.val_set) == 10 and all(len(s) <= 12 and s[-1] == 2 for s, _, _ in dm.val_set)
+    assert all(max(len(s), len(t)) <= 12 for _, s, t, _ in dm.train_set)
+    assert len(dm.val_set) == 10 and all(len(s) <= 12 and s[-1] == 2 for _, s, _, _ in dm.val_set)
     assert issubclass(TextDataError, DataError)  # vit-train prints these as one line
     with pytest.raises(TextDataError, match="no training pair"):
         TextDataModule(**paths, vocab_size=80, max_sentence_len=2).setup("fit")

@@ -22,19 +22,19 @@ from vit.checkpoint import load_vit
 
 
 def test_fit_writes_best_and_last_checkpoints_and_logs(smoke_run: Path) -> None:
-    ckpts = smoke_run / "runs" / "smoke" / "checkpoints"
+    ckpts = smoke_run / "runs" / "smoke" / "version_0" / "checkpoints"
     names = sorted(p.name for p in ckpts.glob("*.ckpt"))
     assert "last.ckpt" in names and any(n.startswith("epoch") and "val_acc" in n for n in names)
-    metrics = (smoke_run / "runs" / "smoke" / "csv" / "version_0" / "metrics.csv").read_text()
+    metrics = (smoke_run / "runs" / "smoke" / "version_0" / "metrics.csv").read_text()
     header = metrics.splitlines()[0]
     for column in ("train_loss_step", "val_acc", "val_acc5", "img/s", "lr-AdamW"):
         assert column in header
-    assert list((smoke_run / "runs" / "smoke" / "tb").rglob("events.out.tfevents.*"))
+    assert list((smoke_run / "runs" / "smoke" / "version_0" / "tb").rglob("events.out.tfevents.*"))
 
 
 def test_validate_and_predict_load_the_checkpoint(smoke_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(smoke_run)
-    ckpt = smoke_run / "runs" / "smoke" / "checkpoints" / "last.ckpt"
+    ckpt = smoke_run / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
     folder, cache = smoke_run / "images", smoke_run / "cache"
     common = ["--config", SMOKE, "--data.root", str(folder), "--data.cache_dir", str(cache),
               "--ckpt_path", str(ckpt), "--trainer.enable_progress_bar", "false"]
@@ -56,7 +56,7 @@ def test_resume_after_sigkill_ends_at_the_same_step(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "training.train", *fit_args(folder, tmp_path / "cache"), *epochs]
     proc = subprocess.Popen(command, cwd=killed_dir, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    last = killed_dir / "runs" / "smoke" / "checkpoints" / "last.ckpt"
+    last = killed_dir / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
     while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -77,7 +77,7 @@ def test_resume_after_sigkill_ends_at_the_same_step(tmp_path: Path) -> None:
     finally:
         os.chdir(cwd)
     resumed = torch.load(last, weights_only=True)
-    whole = torch.load(whole_dir / "runs" / "smoke" / "checkpoints" / "last.ckpt", weights_only=True)
+    whole = torch.load(whole_dir / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == whole["global_step"] == 8 * 3
     assert resumed["epoch"] == whole["epoch"]
 
@@ -88,7 +88,7 @@ def test_fine_tune_from_timm_through_the_cli(tmp_path: Path, monkeypatch: pytest
     monkeypatch.chdir(tmp_path)
     main([*fit_args(folder, tmp_path / "cache"), "--trainer.max_epochs", "1", "--model.pretrained", str(path),
           "--model.vit", "{num_heads: 2}", "--model.layer_decay", "0.75", "--model.freeze_blocks", "1"])
-    ckpt = tmp_path / "runs" / "smoke" / "checkpoints" / "last.ckpt"
+    ckpt = tmp_path / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
     model, record = load_vit(ckpt)
     assert record["config"]["num_classes"] == 3 and record["config"]["image_size"] == 32
     assert record["config"]["dim"] == 64 and "timm_vit.safetensors" in record["source"]
@@ -131,7 +131,7 @@ def test_validates_a_checkpoint_of_the_release_before_the_rename(tmp_path: Path,
     monkeypatch.chdir(tmp_path)
     main(["validate", "--config", SMOKE, "--data.root", str(folder), "--data.cache_dir",
           str(tmp_path / "cache"), "--ckpt_path", str(ckpt), "--trainer.enable_progress_bar", "false"])
-    rows = list(csv.DictReader((tmp_path / "runs" / "smoke" / "csv" / "version_0" / "metrics.csv").open()))
+    rows = list(csv.DictReader((tmp_path / "runs" / "smoke" / "version_0" / "metrics.csv").open()))
     logged = next(r for r in rows if r.get("val_acc"))
     # the same accuracy from the checkpoint's weights, on the data module's validation split
     model, record = load_vit(ckpt)

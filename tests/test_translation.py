@@ -105,7 +105,8 @@ def test_multi30k_config_runs_through_vit_train(tmp_path: Path) -> None:
           "--model.enc_depth=1", "--model.dec_depth=1", "--trainer.fast_dev_run=2", "--trainer.precision=32",
           f"--trainer.default_root_dir={tmp_path}"])
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
-    assert (tmp_path / "run" / "checkpoints" / "tokenizer.json").is_file()
+    # fast_dev_run logs nothing: checkpoints (and the tokenizer beside them) go to the root
+    assert (tmp_path / "checkpoints" / "tokenizer.json").is_file()
 
 
 def test_batch_units_are_the_real_source_and_target_tokens() -> None:

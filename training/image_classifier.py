@@ -27,6 +27,7 @@ from vit.checkpoint import load_vit
 from vit.preprocess import Preprocess
 from vit.vit import ConvStem, ViT, ViTConfig
 
+from .distributed import seed_epoch
 from .optim import WarmupCosine, param_groups
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,9 @@ class ImageClassifier(L.LightningModule):
         run = self.model if self.training else self.model.forward
         return run(images).float()
 
+    def on_train_epoch_start(self) -> None:
+        seed_epoch(self.global_rank, self.current_epoch)
+
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         images, labels, targets = batch
         logits = self(images)
@@ -222,7 +226,8 @@ class ImageClassifier(L.LightningModule):
         train = stage == "train"
         n = labels.shape[0]
         logits = logits.detach()
-        self.log(f"{stage}_loss", loss, prog_bar=True, on_step=train, on_epoch=True, batch_size=n)
+        self.log(f"{stage}_loss", loss, prog_bar=True, on_step=train, on_epoch=True, batch_size=n,
+                 sync_dist=True)
         for name in ("acc", "acc5"):
             metric = self.metrics[f"{stage}_{name}"]
             metric(logits, labels)

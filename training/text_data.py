@@ -10,13 +10,15 @@ becomes model input (:mod:`vit.text_codec` reads, writes and applies it).
 
 Batches hold about ``max_tokens`` padded positions of the longer side: sentences are
 sorted by length (ties broken at random each epoch) and cut into batches, whose order is
-shuffled (:class:`TokenBatchSampler`).
+shuffled (:class:`TokenBatchSampler`). Under DDP every rank builds the same batches and
+takes its own share of them, the same number on every rank.
 """
 
 from __future__ import annotations
 
 import gzip
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from vit.errors import DataError
 from vit.text_codec import EOS, SPECIAL_TOKENS, UNK, TextCodec
@@ -101,30 +103,71 @@ class ParallelDataset(Dataset):
     def __len__(self) -> int:
         return len(self.src)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, str]:
-        return self.src[i], self.tgt[i], self.refs[i]
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray, np.ndarray, str]:
+        return i, self.src[i], self.tgt[i], self.refs[i]
 
     def lengths(self) -> np.ndarray:
         """Longer side of each pair, counting the decoder's extra BOS position."""
         return np.array([max(len(s), len(t)) for s, t in zip(self.src, self.tgt, strict=True)])
 
 
-class TokenBatchSampler(Sampler[list[int]]):
-    """Batches of similar-length examples with at most ``max_tokens`` padded positions
-    (batch size x longest length); a longer example goes alone. ``shuffle`` breaks length
-    ties at random and shuffles the batch order, anew each epoch (``set_epoch``)."""
+class EpochCounter(Sampler[int]):
+    """Every index in order. It carries the epoch Lightning sets at the start of each epoch
+    (Lightning calls ``set_epoch`` on a batch sampler's ``sampler``, not on the batch
+    sampler) to :class:`TokenBatchSampler`; under DDP Lightning puts a
+    ``DistributedSampler`` in its place, which also says the rank."""
 
-    def __init__(self, lengths: Sequence[int], max_tokens: int, *, shuffle: bool, seed: int = 0) -> None:
-        if max_tokens <= 0:
-            raise TextDataError(f"max_tokens must be positive, got {max_tokens}")
-        self.lengths = np.asarray(lengths)
-        self.max_tokens, self.shuffle, self.seed, self.epoch = max_tokens, shuffle, seed, 0
-        self._num_batches = len(self._batches())
+    def __init__(self, size: int) -> None:
+        self.size, self.epoch = size, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _batches(self) -> list[list[int]]:
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.size))
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class TokenBatchSampler(BatchSampler):
+    """Batches of similar-length examples with at most ``max_tokens`` padded positions
+    (batch size x longest length); a longer example goes alone. ``shuffle`` breaks length
+    ties at random and shuffles the batch order, anew each epoch.
+
+    ``sampler`` gives the epoch and, when it is a ``DistributedSampler`` (which Lightning
+    injects under DDP), the rank and the number of ranks: every rank then builds the same
+    batches (seeded by ``seed`` and the epoch) and takes every ``world``-th one, after the
+    list was padded with its first batches to a multiple of ``world`` -- every rank gets the
+    same number of batches (a rank with fewer would hang the others), and the ranks' shares
+    are disjoint apart from those few repeats.
+    """
+
+    def __init__(self, lengths: Sequence[int], max_tokens: int, *, shuffle: bool, seed: int = 0,
+                 sampler: Sampler[int] | None = None) -> None:
+        # no BatchSampler.__init__: batches are cut by tokens, not by a fixed size
+        if max_tokens <= 0:
+            raise TextDataError(f"max_tokens must be positive, got {max_tokens}")
+        self.lengths = np.asarray(lengths)
+        self.max_tokens, self.shuffle, self.seed = max_tokens, shuffle, seed
+        self.sampler = sampler if sampler is not None else EpochCounter(len(self.lengths))
+        self._cache: tuple[int, list[list[int]]] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return int(getattr(self.sampler, "epoch", 0))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    @property
+    def rank_and_world(self) -> tuple[int, int]:
+        return int(getattr(self.sampler, "rank", 0)), int(getattr(self.sampler, "num_replicas", 1))
+
+    def global_batches(self) -> list[list[int]]:
+        """This epoch's batches of all ranks together."""
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
         rng = np.random.default_rng((self.seed, self.epoch))
         ties = rng.random(len(self.lengths)) if self.shuffle else np.zeros(len(self.lengths))
         order = np.lexsort((ties, self.lengths))
@@ -140,11 +183,21 @@ class TokenBatchSampler(Sampler[list[int]]):
             batches.append(current)
         if self.shuffle:
             rng.shuffle(batches)
+        self._cache = (self.epoch, batches)
         return batches
+
+    def _batches(self) -> list[list[int]]:
+        batches = self.global_batches()
+        rank, world = self.rank_and_world
+        if world == 1:
+            return batches
+        per_rank = math.ceil(len(batches) / world)
+        padded = batches + batches[: per_rank * world - len(batches)]
+        return padded[rank::world]
 
     def padding_fraction(self) -> float:
         """Share of padded positions in this epoch's batches."""
-        batches = self._batches()
+        batches = self.global_batches()
         real = sum(int(self.lengths[b].sum()) for b in batches)
         total = sum(len(b) * int(self.lengths[b].max()) for b in batches)
         return 1.0 - real / total
@@ -153,12 +206,13 @@ class TokenBatchSampler(Sampler[list[int]]):
         return iter(self._batches())
 
     def __len__(self) -> int:
-        return self._num_batches
+        return math.ceil(len(self.global_batches()) / self.rank_and_world[1])
 
 
 class Collate:
     """Pad a list of pairs: ``src`` (B, S), ``tgt_in`` = BOS + target (B, T), ``tgt_out`` =
-    target + EOS (B, T), and the reference texts ``refs``."""
+    target + EOS (B, T), the reference texts ``refs`` and the pairs' dataset indices
+    ``index`` (B,) (which tell apart the few batches DDP repeats)."""
 
     def __init__(self, pad_id: int, bos_id: int) -> None:
         self.pad_id, self.bos_id = pad_id, bos_id
@@ -169,11 +223,11 @@ class Collate:
             out[i, : len(s)] = torch.from_numpy(s.astype(np.int64))
         return out
 
-    def __call__(self, items: list[tuple[np.ndarray, np.ndarray, str]]) -> dict[str, Any]:
-        src, tgt, refs = zip(*items, strict=True)
+    def __call__(self, items: list[tuple[int, np.ndarray, np.ndarray, str]]) -> dict[str, Any]:
+        index, src, tgt, refs = zip(*items, strict=True)
         tgt_in = [np.concatenate([[self.bos_id], t[:-1]]).astype(np.int32) for t in tgt]
         return {"src": self._pad(list(src)), "tgt_in": self._pad(tgt_in), "tgt_out": self._pad(list(tgt)),
-                "refs": list(refs)}
+                "refs": list(refs), "index": torch.tensor(index, dtype=torch.long)}
 
 
 class TextDataModule(L.LightningDataModule):
@@ -246,6 +300,13 @@ class TextDataModule(L.LightningDataModule):
         return toks
 
     # -- Lightning hooks -------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Train and write the tokenizer once, before any rank's ``setup`` (Lightning runs this
+        on one process per node and makes the others wait), so that ranks only load it."""
+        saved = Path(self.hparams.tokenizer_dir) if self.hparams.tokenizer_dir else None
+        if saved is not None and not (saved.is_dir() and any(saved.glob("*.json"))):
+            self.build_codec(*read_parallel(self.hparams.train_src, self.hparams.train_tgt))
+
     def setup(self, stage: str | None = None) -> None:
         if self.codec is not None:
             return

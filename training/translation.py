@@ -34,10 +34,12 @@ from vit.decoding import greedy_decode
 from vit.seq2seq import Seq2Seq, Seq2SeqConfig
 from vit.text_codec import TextCodec
 
+from .distributed import gather_objects, seed_epoch
 from .optim import WarmupCosine, WarmupInverseSqrt
 
 log = logging.getLogger(__name__)
 
+ATTENTION_KERNELS = ("auto", "math", "sdpa")
 ARCH_FIELDS = ("dim", "num_heads", "enc_depth", "dec_depth", "mlp_ratio", "activation", "dropout",
                "attn_dropout", "max_len", "share_embeddings", "tie_output", "norm_first")
 
@@ -76,9 +78,10 @@ class TranslationModule(L.LightningModule):
         seq2seq: dict[str, Any] | None = None,
     ) -> None:
         """``attention_kernel``: ``"math"`` computes attention with the core's explicit path
-        (``configure_attention(fused=False)``), ``"auto"`` with ``F.scaled_dot_product_attention``
-        and the kernel PyTorch picks. On CPU the fused kernels' backward pass is slow for
-        sentence-length sequences (training/README.md).
+        (``configure_attention(fused=False)``), ``"sdpa"`` with ``F.scaled_dot_product_attention``
+        and the kernel PyTorch picks, ``"auto"`` the first on CPU (where the fused kernels'
+        backward is slow for sentence-length sequences, training/README.md) and the second
+        on GPUs (flash attention).
         ``seq2seq``: a full config dict, filled in when the model is built (so that a
         checkpoint's hyperparameters rebuild the same model); leave it unset."""
         super().__init__()
@@ -86,17 +89,16 @@ class TranslationModule(L.LightningModule):
             raise ValueError(
                 f"TranslationModule.schedule must be 'cosine' or 'inverse_sqrt', got {schedule!r}"
             )
-        if attention_kernel not in ("math", "auto"):
-            raise ValueError(
-                f"TranslationModule.attention_kernel must be 'math' or 'auto', got {attention_kernel!r}"
-            )
+        if attention_kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"TranslationModule.attention_kernel must be one of {ATTENTION_KERNELS}, "
+                             f"got {attention_kernel!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"TranslationModule.label_smoothing must be in [0, 1), got {label_smoothing}")
         self.save_hyperparameters()
         self.model: Seq2Seq | None = None
         self.codec: TextCodec | None = None
         self.best_bleu: float | None = None
-        self._val: dict[str, Any] = {}
+        self._val: dict[int, tuple[float, int, str | None, str]] = {}
 
     # ------------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
@@ -133,9 +135,21 @@ class TranslationModule(L.LightningModule):
         log.info("Seq2Seq with %.2fM parameters: %s", self.model.num_params() / 1e6, config)
 
     def _set_model(self, model: Seq2Seq) -> None:
-        configure_attention(model, fused=self.hparams.attention_kernel != "math")
         self.model = model
         self.hparams.seq2seq = model.config.to_dict()
+        self._configure_attention()
+
+    def _configure_attention(self) -> None:
+        kernel = self.hparams.attention_kernel
+        if kernel == "auto":
+            kernel = "math" if self.device.type == "cpu" else "sdpa"
+        configure_attention(self.model, fused=kernel == "sdpa")
+
+    def on_fit_start(self) -> None:
+        self._configure_attention()  # now that the module is on its device
+
+    def on_validation_start(self) -> None:
+        self._configure_attention()
 
     # ------------------------------------------------------------------------ steps
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
@@ -149,9 +163,12 @@ class TranslationModule(L.LightningModule):
                                ignore_index=self.model.config.pad_id)
         return loss, int((target != self.model.config.pad_id).sum())
 
+    def on_train_epoch_start(self) -> None:
+        seed_epoch(self.global_rank, self.current_epoch)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, n_tokens = self._loss(batch, self.hparams.label_smoothing)
-        self.log("train_loss", loss, prog_bar=True, batch_size=n_tokens)
+        self.log("train_loss", loss, prog_bar=True, batch_size=n_tokens, sync_dist=True)
         return loss
 
     def batch_units(self, batch: dict[str, Any]) -> int:
@@ -161,32 +178,43 @@ class TranslationModule(L.LightningModule):
         return int(batch["src"].ne(pad).sum()) + int(batch["tgt_out"].ne(pad).sum())
 
     def on_validation_epoch_start(self) -> None:
-        self._val = {"loss": 0.0, "tokens": 0, "hyps": [], "refs": []}
+        self._val = {}  # dataset index -> (summed loss, tokens, hypothesis, reference)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        loss, n_tokens = self._loss(batch, 0.0)
-        self._val["loss"] += float(loss) * n_tokens
-        self._val["tokens"] += n_tokens
-        if self.hparams.bleu:
-            self._val["hyps"] += self.translate_ids(batch["src"])
-            self._val["refs"] += list(batch["refs"])
+        """Per-sentence loss sums and greedy translations, keyed by dataset index so that
+        sentences which DDP's equal batch counts repeat are counted once."""
+        pad = self.model.config.pad_id
+        logits = self.model(batch["src"], batch["tgt_in"])  # (B, T, V)
+        target = batch["tgt_out"]  # (B, T)
+        nll = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=pad,
+                              reduction="none").view(target.shape)  # (B, T)
+        sums, tokens = nll.sum(dim=1).tolist(), target.ne(pad).sum(dim=1).tolist()
+        hyps = self.translate_ids(batch["src"]) if self.hparams.bleu else [None] * len(sums)
+        for i, index in enumerate(batch["index"].tolist()):
+            self._val[index] = (sums[i], tokens[i], hyps[i], batch["refs"][i])
 
     def translate_ids(self, src: Tensor) -> list[str]:
         """Greedy translations of a padded source batch, detokenized."""
         return self.codec.decode_batch(greedy_decode(self.model, src).tokens.tolist())
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val.get("tokens"):
+        """Loss and corpus BLEU over the sentences of every rank: what one process computes."""
+        merged: dict[int, tuple] = {}
+        for part in gather_objects(self._val):
+            merged.update(part)
+        tokens = sum(v[1] for v in merged.values())
+        if not tokens:
             return
-        loss = self._val["loss"] / self._val["tokens"]
-        self.log("val_loss", loss, prog_bar=True)
-        self.log("val_ppl", math.exp(min(loss, 50.0)))
-        if self.hparams.bleu and self._val["hyps"]:
-            bleu = sacrebleu.corpus_bleu(self._val["hyps"], [self._val["refs"]]).score
-            self.log("val_bleu", bleu, prog_bar=True)
+        loss = sum(v[0] for v in merged.values()) / tokens
+        self.log("val_loss", loss, prog_bar=True, sync_dist=True)
+        self.log("val_ppl", math.exp(min(loss, 50.0)), sync_dist=True)
+        if self.hparams.bleu:
+            rows = [merged[i] for i in sorted(merged)]
+            bleu = sacrebleu.corpus_bleu([r[2] for r in rows], [[r[3] for r in rows]]).score
+            self.log("val_bleu", bleu, prog_bar=True, sync_dist=True)
             if not self.trainer.sanity_checking and (self.best_bleu is None or bleu > self.best_bleu):
                 self.best_bleu = bleu
-            log.info("val BLEU %.2f, e.g. %r -> %r", bleu, self._val["refs"][0], self._val["hyps"][0])
+            log.info("val BLEU %.2f, e.g. %r -> %r", bleu, rows[0][3], rows[0][2])
 
     # ------------------------------------------------------------------------ optimizer
     def configure_optimizers(self) -> dict[str, Any]:
