@@ -4,11 +4,17 @@ foreign or unsafe file."""
 
 from __future__ import annotations
 
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMOKE, make_image_folder
+from conftest import REPO, SMOKE, make_image_folder
 
 from training.checkpoint_io import AtomicCheckpointIO, atomic_torch_save, read_checkpoint_file
 from training.train import main
@@ -73,3 +79,41 @@ def test_vit_train_reports_a_truncated_checkpoint_in_one_line(tmp_path: Path, mo
     assert exit_info.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("vit-train: error:")]
     assert len(errors) == 1 and str(cut) in errors[0] and "not a readable checkpoint" in errors[0]
+
+
+KILLED_SAVE = """
+import sys, time, torch
+from training.checkpoint_io import AtomicCheckpointIO
+io = AtomicCheckpointIO()
+big = {"w": torch.randn(64, 1024, 1024)}  # 256 MB: the write takes a while
+print("saving", flush=True)
+io.save_checkpoint(big, sys.argv[1])
+print("saved", flush=True)
+"""
+
+
+def _other_filesystem() -> bool:
+    shm = Path("/dev/shm")
+    return shm.is_dir() and shm.stat().st_dev != Path(tempfile.gettempdir()).stat().st_dev
+
+
+@pytest.mark.skipif(not _other_filesystem(), reason="needs /dev/shm on another filesystem than /tmp")
+def test_kill_during_a_save_on_another_filesystem_keeps_the_previous_checkpoint() -> None:
+    """The checkpoint folder on tmpfs (/dev/shm), the temp folder on disk: a SIGKILL in the
+    middle of a save leaves the previous checkpoint whole."""
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        target = folder / "last.ckpt"
+        AtomicCheckpointIO().save_checkpoint({"step": 1}, target)
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVE, str(target)], cwd=REPO,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "saving"
+        deadline = time.monotonic() + 60
+        while not list(folder.glob(".last.ckpt.*.tmp")) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        assert AtomicCheckpointIO().load_checkpoint(target) == {"step": 1}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

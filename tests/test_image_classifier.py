@@ -55,7 +55,8 @@ def test_compiled_fit_with_conv_stem_checkpoints_plain_weights(tmp_path: Path,
     main(fit_args(folder, tmp_path / "cache", "--trainer.max_epochs", "1", "--model.compile", "true",
                   "--model.stem", "conv"))
     assert counters["stats"]["unique_graphs"] >= 1  # the Transformer was compiled
-    ckpt = torch.load(tmp_path / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    ckpt = torch.load(tmp_path / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt",
+                      weights_only=True)
     assert ckpt["global_step"] == 3 and ckpt["vit"]["config"]["stem"] == "conv"
     keys = set(ckpt["state_dict"])
     assert not any("_orig_mod" in k for k in keys) and "model.patch_embed.convs.0.weight" in keys

@@ -125,3 +125,30 @@ def test_data_module_drops_long_pairs_and_truncates_validation(tmp_path: Path) -
     assert issubclass(TextDataError, DataError)  # vit-train prints these as one line
     with pytest.raises(TextDataError, match="no training pair"):
         TextDataModule(**paths, vocab_size=80, max_sentence_len=2).setup("fit")
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_token_batches_shard_across_ranks_with_equal_counts(shuffle: bool) -> None:
+    """Under DDP (Lightning hands the batch sampler a DistributedSampler) the ranks' batches
+    are disjoint apart from the few repeats that equalise the counts, and cover every pair."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    lengths = np.random.default_rng(0).integers(3, 40, size=301)
+    single = TokenBatchSampler(lengths, max_tokens=150, shuffle=shuffle, seed=3)
+    for world in (2, 3):
+        shards = []
+        for rank in range(world):
+            dist_sampler = DistributedSampler(range(len(lengths)), num_replicas=world, rank=rank,
+                                              shuffle=shuffle)
+            sampler = TokenBatchSampler(lengths, max_tokens=150, shuffle=shuffle, seed=3,
+                                        sampler=dist_sampler)
+            sampler.set_epoch(1)  # what Lightning does at each epoch, on the DistributedSampler
+            assert sampler.epoch == 1 == dist_sampler.epoch
+            shards.append([tuple(b) for b in sampler])
+            assert len(shards[-1]) == len(sampler)
+        assert len({len(s) for s in shards}) == 1  # equal counts: no rank waits for another
+        seen = [b for s in shards for b in s]
+        assert sorted(i for b in set(seen) for i in b) == list(range(len(lengths)))  # cover, disjoint
+        assert len(seen) - len(set(seen)) < world  # at most world - 1 repeated batches
+        single.set_epoch(1)
+        assert set(seen) == {tuple(b) for b in single}  # the same batches one process would see

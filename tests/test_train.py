@@ -47,7 +47,7 @@ def test_validate_and_predict_load_the_checkpoint(smoke_run: Path, monkeypatch: 
     assert rows[0]["path"].endswith("square/000.png") and 0 < float(rows[0]["probability"]) <= 1
 
 
-def test_resume_after_sigkill_ends_at_the_same_step(tmp_path: Path) -> None:
+def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "images")
     epochs = ["--trainer.max_epochs", "8"]
     killed_dir, whole_dir = tmp_path / "killed", tmp_path / "whole"
@@ -77,9 +77,13 @@ def test_resume_after_sigkill_ends_at_the_same_step(tmp_path: Path) -> None:
     finally:
         os.chdir(cwd)
     resumed = torch.load(last, weights_only=True)
-    whole = torch.load(whole_dir / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt", weights_only=True)
+    whole = torch.load(whole_dir / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt",
+                       weights_only=True)
     assert resumed["global_step"] == whole["global_step"] == 8 * 3
     assert resumed["epoch"] == whole["epoch"]
+    # schedule, optimizer, data order and augmentation continued exactly: the same weights
+    for key, value in whole["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
 
 def test_fine_tune_from_timm_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,14 +20,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from vit.errors import DataError
 from vit.image_folder import FolderIndex, images_under, list_classes, resolve_root, scan_folder, split_indices
@@ -39,6 +40,22 @@ from .image_cache import DecodedImages, cached_decode, readable_header, try_load
 log = logging.getLogger(__name__)
 
 MODES = ("cache", "stream")
+
+
+class EpochShuffle(DistributedSampler):
+    """The training order: a permutation seeded by ``seed`` + epoch, this rank's share of it
+    when a process group is up (Lightning then leaves it in place), drawn when the first
+    index is taken -- after Lightning set the epoch, which it does only after making the
+    first iterator of a run. So a run resumed at an epoch boundary sees the order the
+    uninterrupted run saw."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        distributed = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        super().__init__(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+
+    def __iter__(self) -> Iterator[int]:
+        yield from super().__iter__()
 
 
 class TensorImages(Dataset):
@@ -241,12 +258,17 @@ class ImageFolderData(L.LightningDataModule):
     # ------------------------------------------------------------------------ dataloaders
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
         batch_size = self.batch_size if train else self.eval_batch_size
+        sampler = EpochShuffle(dataset, self.seed) if train else None
+        # the loader's own generator: making an iterator takes no draw from the global stream
+        # that augmentation uses (Lightning makes the first one before the epoch is seeded)
+        generator = torch.Generator().manual_seed(self.seed)
         if isinstance(dataset, TensorImages):
-            return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train,
-                              collate_fn=_whole_batch)
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train,
+            return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
+                              collate_fn=_whole_batch, generator=generator)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=_collate_readable, pin_memory=torch.cuda.is_available())
+                          collate_fn=_collate_readable, pin_memory=torch.cuda.is_available(),
+                          generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self._datasets["train"], train=True)

@@ -203,7 +203,9 @@ class TokenBatchSampler(BatchSampler):
         return 1.0 - real / total
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._batches())
+        # a generator: the batches are drawn at the first batch, after Lightning set this
+        # epoch (it makes the first iterator of a run, resumed or not, before that)
+        yield from self._batches()
 
     def __len__(self) -> int:
         return math.ceil(len(self.global_batches()) / self.rank_and_world[1])
@@ -338,12 +340,17 @@ class TextDataModule(L.LightningDataModule):
         log.info("%d training batches of <= %d positions, %.1f%% padding", len(sampler),
                  self.hparams.max_tokens, 100 * sampler.padding_fraction())
         return DataLoader(self.train_set, batch_sampler=sampler, collate_fn=self.collate,
-                          num_workers=self.hparams.num_workers)
+                          num_workers=self.hparams.num_workers, generator=self._generator())
 
     def val_dataloader(self) -> DataLoader:
         sampler = TokenBatchSampler(self.val_set.lengths(), self.hparams.val_max_tokens, shuffle=False)
         return DataLoader(self.val_set, batch_sampler=sampler, collate_fn=self.collate,
-                          num_workers=self.hparams.num_workers)
+                          num_workers=self.hparams.num_workers, generator=self._generator())
+
+    def _generator(self) -> torch.Generator:
+        """The loaders' own: making an iterator takes no draw from the global random stream
+        (Lightning makes the first one before the epoch is seeded)."""
+        return torch.Generator().manual_seed(self.hparams.seed)
 
 
 def _truncate(ids: np.ndarray, max_len: int) -> np.ndarray:
