@@ -40,8 +40,8 @@ class TrainCLI(LightningCLI):
     model's class path of an older checkpoint under its current name."""
 
     def before_instantiate_classes(self) -> None:
-        config = self.config.get(self.subcommand) if self.subcommand else None
-        if config is None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        if config is None or "trainer" not in config:
             return
         root = Path(config.trainer.default_root_dir or ".")
         version = None
