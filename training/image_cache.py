@@ -7,7 +7,8 @@ normalization happens later, on whole batches.
 The cache holds every decodable image of a folder as one uint8 tensor (N, 3, S, S). Its
 file name is a hash of the folder's file list (relative paths, sizes, mtimes) and of the
 geometry of the preprocessing, so any change to the folder or to the image size makes a
-new one; it is written atomically (tmp file + rename).
+new one; it is written atomically (a uniquely named temporary file in the cache folder,
+then a rename), so processes building it at once never clash.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from torch import Tensor
 from vit.errors import DataError
 from vit.image_folder import FolderIndex
 from vit.preprocess import Preprocess, resize_and_crop, to_rgb
+
+from .checkpoint_io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +146,8 @@ def cached_decode(index: FolderIndex, spec: Preprocess, cache_dir: str | Path | 
     log.info("decoding %d images of %s into %s", len(index), index.root, path)
     decoded = decode_folder(index, spec, workers)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save({"images": decoded.images, "labels": decoded.labels, "files": decoded.files,
-                "class_names": decoded.class_names}, tmp)
-    tmp.replace(path)
+    atomic_torch_save({"images": decoded.images, "labels": decoded.labels, "files": decoded.files,
+                       "class_names": decoded.class_names}, path)
     return decoded
 
 
