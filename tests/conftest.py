@@ -416,7 +416,8 @@ def train_toy_model(path: Path) -> Path:
         model = Seq2Seq(cfg)
         src = codec.encode_lines([p[0] for p in PAIRS], "src")
         tgt = codec.encode_lines([p[1] for p in PAIRS], "tgt")
-        batch = Collate(ids["pad_id"], ids["bos_id"])(list(zip(src, tgt, [p[1] for p in PAIRS], strict=True)))
+        items = list(zip(range(len(PAIRS)), src, tgt, [p[1] for p in PAIRS], strict=True))
+        batch = Collate(ids["pad_id"], ids["bos_id"])(items)
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
         for _ in range(100):
             logits = model(batch["src"], batch["tgt_in"])
