@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from vit.checkpoint import SEQ2SEQ_KEY, checkpoint_kind
+from vit.text_codec import read_lines
 
 from .metadata import OPSET
 
@@ -67,9 +68,9 @@ def _export_vit(args: argparse.Namespace) -> int:
 
 
 def _export_seq2seq(args: argparse.Namespace) -> int:
-    from .seq2seq_onnx import export_seq2seq, read_sentences
+    from .seq2seq_onnx import export_seq2seq
 
-    sentences = read_sentences(args.verify_text, args.num_verify) if args.verify_text else ()
+    sentences = read_lines(args.verify_text, args.num_verify) if args.verify_text else ()
     report = export_seq2seq(args.checkpoint, args.output, sentences=sentences,
                             min_identical=args.min_identical, opset=args.opset)
     print(json.dumps(report, indent=2))

@@ -22,7 +22,6 @@ give the same tokens as PyTorch. This module imports torch; serving does not.
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import shutil
@@ -180,11 +179,3 @@ def _sample_sentences(codec: TextCodec, count: int = 16, seed: int = 0) -> list[
     words = [w for w in vocab if w and not w.startswith("<")]
     return ["".join(rng.choice(words, size=int(rng.integers(3, 20)))).replace("▁", " ").strip()
             for _ in range(count)]
-
-
-def read_sentences(path: str | Path, limit: int | None) -> list[str]:
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        lines = [line.rstrip("\r\n") for line in f]
-    return lines[:limit] if limit else lines

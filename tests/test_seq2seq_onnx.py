@@ -4,7 +4,6 @@ PyTorch's tokens. The export itself is the session's ``toy_export`` (vit-export)
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from conftest import PAIRS, CliRun
 
 from export.metadata import OPSET
 from export.onnx_translator import OnnxTranslator
-from export.seq2seq_onnx import _sample_sentences, read_sentences, verify
+from export.seq2seq_onnx import _sample_sentences, verify
 from vit.checkpoint import load_seq2seq
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,11 +56,3 @@ def test_verify_compares_greedy_tokens(toy_model: Path, toy_onnx: Path) -> None:
     assert verify(model, translator, random)["identical"] == 5
 
 
-def test_read_sentences_plain_gzip_and_limit(tmp_path: Path) -> None:
-    lines = ["eins", "zwei", "", "drei"]
-    (tmp_path / "s.de").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with gzip.open(tmp_path / "s.de.gz", "wt", encoding="utf-8") as f:
-        f.write("\r\n".join(lines) + "\r\n")
-    assert read_sentences(tmp_path / "s.de", None) == lines
-    assert read_sentences(tmp_path / "s.de.gz", None) == lines
-    assert read_sentences(tmp_path / "s.de.gz", 2) == lines[:2]

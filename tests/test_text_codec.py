@@ -4,6 +4,7 @@ any decoder may generate when, on numpy arrays and torch tensors alike."""
 
 from __future__ import annotations
 
+import gzip
 import logging
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from conftest import COMPAT, REPO, tiny_config
 from tokenizers import Tokenizer, models
 
 from vit.errors import DataError
-from vit.text_codec import EOS, PAD, SPECIAL_TOKENS, UNK, DecodingRules, TextCodec
+from vit.text_codec import EOS, PAD, SPECIAL_TOKENS, UNK, DecodingRules, TextCodec, read_lines
 
 TOKENIZER = COMPAT / "seq2seq_onnx" / "tokenizer.json"  # the release's joint BPE (read only)
 SENTENCES = ["Der hund läuft schnell.", "Ein kind springt hier.", "Eine katze."]
@@ -164,3 +165,21 @@ def test_apply_bans_what_may_not_come(kind: str) -> None:
     expected = np.full_like(base, inf)
     expected[:, 2] = base[:, 2]
     np.testing.assert_array_equal(as_np(RULES.apply(make(base), 4, 5, min_len=2)), expected)
+
+
+def test_read_lines_plain_gzip_limit_and_errors(tmp_path: Path) -> None:
+    lines = ["eins", "zwei", "", "drei"]
+    (tmp_path / "s.de").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with gzip.open(tmp_path / "s.de.gz", "wt", encoding="utf-8") as f:
+        f.write("\r\n".join(lines) + "\r\n")
+    (tmp_path / "gz_named_plain.gz").write_text("eins\n", encoding="utf-8")  # detected by content
+    assert read_lines(tmp_path / "s.de") == lines
+    assert read_lines(tmp_path / "s.de.gz") == lines
+    assert read_lines(tmp_path / "s.de.gz", 2) == lines[:2]
+    assert read_lines(tmp_path / "gz_named_plain.gz") == ["eins"]
+    with pytest.raises(DataError, match=r"nope\.de: no such file"):
+        read_lines(tmp_path / "nope.de")
+    bad = tmp_path / "bad.de"
+    bad.write_bytes(b"\xff\xfe\x00 not utf-8 \xc3\x28\n")
+    with pytest.raises(DataError, match=r"bad\.de: not readable UTF-8"):
+        read_lines(bad)

@@ -15,18 +15,11 @@ from training.text_data import (
     TextDataError,
     TextDataModule,
     TokenBatchSampler,
-    read_lines,
     read_parallel,
     train_tokenizer,
 )
 from vit.errors import DataError
 from vit.text_codec import EOS, SPECIAL_TOKENS, TextCodec
-
-
-def test_read_lines_plain_and_gzip(tmp_path: Path) -> None:
-    plain, gz = write_corpus(tmp_path / "p", gz=False), write_corpus(tmp_path / "g", gz=True)
-    assert read_lines(plain["train_src"]) == read_lines(gz["train_src"])
-    assert len(read_lines(gz["train_src"])) == 200
 
 
 def test_missing_file_and_mismatched_counts_name_the_files(tmp_path: Path) -> None:
@@ -38,7 +31,7 @@ def test_missing_file_and_mismatched_counts_name_the_files(tmp_path: Path) -> No
     bad = tmp_path / "bad.de"
     bad.write_bytes(b"\xff\xfe\x00 not utf-8 \xc3\x28\n")
     with pytest.raises(TextDataError, match=r"bad\.de: not readable UTF-8"):
-        read_lines(bad)
+        read_parallel(bad, bad)
 
 
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])

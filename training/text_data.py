@@ -16,7 +16,6 @@ takes its own share of them, the same number on every rank.
 
 from __future__ import annotations
 
-import gzip
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -31,7 +30,7 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from vit.errors import DataError
-from vit.text_codec import EOS, SPECIAL_TOKENS, UNK, TextCodec
+from vit.text_codec import EOS, SPECIAL_TOKENS, UNK, TextCodec, read_lines
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +42,12 @@ class TextDataError(DataError):
     (``vit-train`` prints these as one-line errors)."""
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file, plain or gzip (detected from its first bytes)."""
-    path = Path(path)
-    if not path.is_file():
-        raise TextDataError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        gz = f.read(2) == b"\x1f\x8b"
-    try:
-        with (gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")) as f:
-            return [line.rstrip("\r\n") for line in f]
-    except (UnicodeDecodeError, OSError, EOFError) as exc:
-        raise TextDataError(f"{path}: not readable UTF-8 text ({exc.__class__.__name__}: {exc})") from exc
-
-
 def read_parallel(src_path: str | Path, tgt_path: str | Path) -> tuple[list[str], list[str]]:
     """Both sides of a parallel corpus; their line counts must agree."""
-    src, tgt = read_lines(src_path), read_lines(tgt_path)
+    try:
+        src, tgt = read_lines(src_path), read_lines(tgt_path)
+    except DataError as exc:
+        raise TextDataError(str(exc)) from None
     if len(src) != len(tgt):
         raise TextDataError(
             f"parallel files differ in length: {src_path} has {len(src)} lines, {tgt_path} has {len(tgt)}"

@@ -19,6 +19,7 @@ only end the sentence. Shape letters: B batch, S source length, V vocabulary.
 
 from __future__ import annotations
 
+import gzip
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,22 @@ SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 JOINT_FILE, SRC_FILE, TGT_FILE = "tokenizer.json", "src_tokenizer.json", "tgt_tokenizer.json"
 
 Scores = TypeVar("Scores")  # a numpy array or a torch tensor, (N, V)
+
+
+def read_lines(path: str | Path, limit: int | None = None) -> list[str]:
+    """Lines of a UTF-8 text file, plain or gzip (detected from its first bytes); the first
+    ``limit`` only when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(path, "rt", encoding="utf-8") if gz else open(path, encoding="utf-8")) as f:
+            lines = [line.rstrip("\r\n") for line in f]
+    except (UnicodeDecodeError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: not readable UTF-8 text ({exc.__class__.__name__}: {exc})") from exc
+    return lines[:limit] if limit else lines
 
 
 class TextCodec:
