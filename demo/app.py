@@ -22,7 +22,7 @@ from typing import Any
 
 import gradio as gr
 
-from vit.paths import DEFAULT_CLASSIFIER  # the shipped model, models/ in the repository
+from vit.paths import DEFAULT_CLASSIFIER, DEFAULT_TRANSLATOR  # the shipped models, in models/
 from vit.rollout import HEAD_FUSIONS
 
 from .backend import Backend, ModelCard, load_backend
@@ -221,7 +221,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live share link")
-    p.add_argument("--translator", type=Path, default=None, help="a translation model: adds a Translate tab")
+    p.add_argument("--translator", type=Path, default=None,
+                   help=f"a translation model for the Translate tab (default: {DEFAULT_TRANSLATOR}, "
+                        "when it is there)")
     p.add_argument("--queue-size", type=int, default=32, help="requests waiting at most (default 32)")
     p.add_argument("--concurrency", type=int, default=2, help="requests run at once (default 2)")
     return p
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     model = args.model or DEFAULT_CLASSIFIER
+    if args.translator is None and DEFAULT_TRANSLATOR.exists():
+        args.translator = DEFAULT_TRANSLATOR
     if not model.is_file():
         print(NO_MODEL.format(path=model), file=sys.stderr)
         return 2

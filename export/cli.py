@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from .metadata import OPSET
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vit-export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path,
-                   help="vit-train .ckpt, project .safetensors or timm checkpoint (classifier or translator)")
+    p.add_argument("checkpoint", type=Path, nargs="+",
+                   help="vit-train .ckpt, project .safetensors or timm checkpoint (classifier or "
+                        "translator); several checkpoints of one run are averaged (e.g. its last epochs)")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="target .onnx file (classifier) or folder (translator)")
     image = p.add_argument_group("image classifiers")
@@ -81,13 +83,35 @@ def _export_seq2seq(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    averaged = None
     try:
+        if len(args.checkpoint) > 1:
+            averaged = _average(args.checkpoint, args.output)
+        args.checkpoint = averaged or args.checkpoint[0]
         if checkpoint_kind(args.checkpoint) == SEQ2SEQ_KEY:
             return _export_seq2seq(args)
         return _export_vit(args)
     except (OSError, ValueError) as exc:
         print(f"vit-export: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if averaged is not None:
+            averaged.unlink(missing_ok=True)
+
+
+def _average(checkpoints: list[Path], output: Path) -> Path:
+    """The mean of ``checkpoints`` as a temporary project ``.safetensors`` beside ``output``."""
+    import tempfile
+
+    from vit.checkpoint import average_checkpoints, save_seq2seq, save_vit
+
+    kind, model, record = average_checkpoints(checkpoints)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".mean.safetensors")
+    os.close(fd)
+    (save_seq2seq if kind == SEQ2SEQ_KEY else save_vit)(model, record, name)
+    print(f"averaged {len(checkpoints)} checkpoints")
+    return Path(name)
 
 
 if __name__ == "__main__":

@@ -88,4 +88,5 @@ class OnnxTranslator(Translator):
         prov = list(providers) if providers else ["CPUExecutionProvider"]
         stepper = OnnxStepper(ort.InferenceSession(str(encoder), providers=prov),
                               ort.InferenceSession(str(decoder), providers=prov), cfg)
-        super().__init__(TextCodec.load(directory, max_len=cfg["max_len"]), stepper, cfg["dec_depth"])
+        super().__init__(TextCodec.load(directory, max_len=cfg["max_len"]), stepper, cfg["dec_depth"],
+                         decoding=self.meta.get("decoding"))

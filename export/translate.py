@@ -6,7 +6,9 @@
 
 ``--model`` is a ``vit-train`` checkpoint or project ``.safetensors`` (decoded by PyTorch),
 or a folder written by ``vit-export`` for a translation checkpoint (decoded by onnxruntime,
-without torch); both decode greedily or with beam search (:mod:`export.translator`).
+without torch; default: the shipped ``models/multi30k_translator``); both decode greedily
+or with beam search (:mod:`export.translator`), by default with the beam width and length
+penalty the model carries.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from vit.paths import DEFAULT_TRANSLATOR
+
+from .onnx_classifier import resolve_providers
 from .translator import Translation, Translator
 
 
@@ -59,12 +64,16 @@ def format_attention(t: Translation, layer: int) -> str:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="vit-translate", description=__doc__.split("\n\n")[0])
     p.add_argument("sentences", nargs="*", help="sentences to translate (default: --input or stdin)")
-    p.add_argument("--model", required=True,
-                   help="checkpoint (.ckpt/.safetensors) or exported ONNX folder")
+    p.add_argument("--model", type=Path, default=None,
+                   help=f"checkpoint (.ckpt/.safetensors) or exported ONNX folder "
+                        f"(default: {DEFAULT_TRANSLATOR})")
     p.add_argument("--input", help="a file with one sentence a line")
-    p.add_argument("--beam", type=int, default=1, help="beam width (1: greedy)")
-    p.add_argument("--length-penalty", type=float, default=0.6,
-                   help="GNMT length penalty alpha for beam search")
+    p.add_argument("--beam", type=int, default=None, help="beam width, 1: greedy (default: the model's)")
+    p.add_argument("--length-penalty", type=float, default=None,
+                   help="GNMT length penalty alpha for beam search (default: the model's)")
+    p.add_argument("--provider", action="append",
+                   help="execution provider of an ONNX model: cpu (default), cuda, tensorrt or an "
+                        "onnxruntime name; repeat for a preference list")
     p.add_argument("--max-len", type=int, default=None, help="most tokens to generate (default 2 S + 10)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--attention", "--alignment", action="store_true", dest="attention",
@@ -84,7 +93,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             texts = Path(args.input).read_text(encoding="utf-8").splitlines()
         else:
             texts = sys.stdin.read().splitlines()
-        translator = load_translator(args.model)
+        model = args.model
+        if model is None:
+            model = DEFAULT_TRANSLATOR
+            if not model.exists():
+                raise FileNotFoundError(
+                    f"no translation model at {model}; train one (vit-train fit --config "
+                    f"training/configs/multi30k.yaml), export it (vit-export CHECKPOINT -o {model}) "
+                    "or pass --model")
+        translator = load_translator(model, providers=resolve_providers(args.provider))
         if args.attention and not -translator.num_layers <= args.attention_layer < translator.num_layers:
             raise ValueError(f"--attention-layer {args.attention_layer} is out of range for "
                              f"{translator.num_layers} decoder layers")

@@ -40,15 +40,22 @@ class Translation:
 
 class Translator:
     """Sentences -> :class:`Translation` with a codec and a back end's stepper; ``num_layers``
-    is the number of decoder layers (of the attention)."""
+    is the number of decoder layers (of the attention). ``decoding``: the default beam width
+    and length penalty (an exported model carries the ones chosen on its validation set)."""
 
-    def __init__(self, codec: TextCodec, stepper: Stepper, num_layers: int) -> None:
+    def __init__(self, codec: TextCodec, stepper: Stepper, num_layers: int,
+                 decoding: dict[str, float] | None = None) -> None:
         self.codec, self.stepper, self.num_layers = codec, stepper, num_layers
+        self.decoding = {"beam": 1, "length_penalty": 0.6, **(decoding or {})}
 
-    def translate(self, texts: Sequence[str], *, beam: int = 1, length_penalty: float = 0.6,
-                  max_len: int | None = None, batch_size: int = 32,
+    def translate(self, texts: Sequence[str], *, beam: int | None = None,
+                  length_penalty: float | None = None, max_len: int | None = None, batch_size: int = 32,
                   return_attention: bool = False) -> list[Translation]:
-        """Greedy decoding (``beam=1``) or beam search, longest sentences batched first."""
+        """Greedy decoding (``beam=1``) or beam search, longest sentences batched first;
+        ``None`` takes the model's default (:attr:`decoding`)."""
+        beam = int(self.decoding["beam"]) if beam is None else beam
+        if length_penalty is None:
+            length_penalty = float(self.decoding["length_penalty"])
         if beam < 1:
             raise ValueError(f"beam must be >= 1, got {beam}")
         encoded = self.codec.encode(texts)

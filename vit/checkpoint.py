@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,35 @@ def load_seq2seq(path: str | Path) -> tuple[Seq2Seq, dict[str, Any]]:
 def save_seq2seq(model: Seq2Seq, record: dict[str, Any], path: str | Path) -> None:
     """Write weights (shared matrices once) and the record to ``path`` atomically."""
     write_safetensors(model, {**record, "config": model.config.to_dict()}, path, key=SEQ2SEQ_KEY)
+
+
+def average_checkpoints(paths: Sequence[str | Path]) -> tuple[str, torch.nn.Module, dict[str, Any]]:
+    """The element-wise mean of the weights of several checkpoints of one model (its last
+    epochs, say: checkpoint averaging). Returns the kind (``"vit"`` or ``"seq2seq"``), the
+    model with the mean weights (eval mode) and the last checkpoint's record."""
+    if not paths:
+        raise ValueError("no checkpoints to average")
+    kind = checkpoint_kind(paths[-1])
+    states = []
+    for path in paths:
+        state, record = read_checkpoint(path, key=kind)
+        if record is None:
+            raise ValueError(f"{path}: not a {kind} checkpoint like {paths[-1]}")
+        state = upgrade_seq2seq_state(state) if kind == SEQ2SEQ_KEY else state
+        if states and {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in states[0].items()}:
+            raise ValueError(f"{path}: its weights do not match those of {paths[0]}")
+        states.append(state)
+    mean = {k: torch.stack([s[k].double() for s in states]).mean(dim=0).to(v.dtype)
+            for k, v in states[-1].items()}
+    if kind == SEQ2SEQ_KEY:
+        model: torch.nn.Module = Seq2Seq(Seq2SeqConfig(**record["config"]))
+        model.load_state_dict(_with_tied(model, mean), strict=True)
+    else:
+        model = ViT(ViTConfig(**record["config"]))
+        model.load_state_dict(mean, strict=True)
+    names = ", ".join(Path(p).name for p in paths)
+    record = {**record, "source": f"mean of {len(paths)} checkpoints ({names}) of {record.get('source')}"}
+    return kind, model.eval(), record
 
 
 def checkpoint_kind(path: str | Path) -> str:
