@@ -163,3 +163,22 @@ def test_translators_written_under_the_earlier_layout_still_load(tmp_path: Path)
     old = torch.load(COMPAT / "seq2seq.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     assert "model.encoder.0.self_attn.qkv.weight" in old  # the release file is of the earlier layout
     load_seq2seq(COMPAT / "seq2seq.ckpt")  # strict loading after the renaming
+
+
+def test_average_checkpoints_is_the_mean_of_the_weights(tmp_path: Path) -> None:
+    from vit.checkpoint import average_checkpoints, load_seq2seq, save_seq2seq
+
+    model, record = load_seq2seq(COMPAT / "seq2seq.ckpt")  # written under the earlier layout
+    shifted = load_seq2seq(COMPAT / "seq2seq.ckpt")[0]
+    with torch.no_grad():
+        for p in shifted.parameters():
+            p.add_(1.0)
+    save_seq2seq(shifted, record, tmp_path / "shifted.safetensors")
+    kind, mean, mean_record = average_checkpoints([COMPAT / "seq2seq.ckpt", tmp_path / "shifted.safetensors"])
+    assert kind == "seq2seq" and "mean of 2 checkpoints" in mean_record["source"]
+    for (name, a), b in zip(model.state_dict().items(), mean.state_dict().values(), strict=True):
+        torch.testing.assert_close(b, a + 0.5, msg=name)  # tied weights included
+    with pytest.raises(ValueError, match="not a seq2seq checkpoint"):
+        average_checkpoints([COMPAT / "vit_conv.safetensors", COMPAT / "seq2seq.ckpt"])
+    with pytest.raises(ValueError, match="do not match"):
+        average_checkpoints([COMPAT / "vit_patch.safetensors", COMPAT / "vit_conv.safetensors"])

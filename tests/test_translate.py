@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PAIRS
+from conftest import PAIRS, run_cli
 
 from export.onnx_translator import OnnxTranslator
 from export.torch_translator import TorchTranslator
@@ -73,3 +73,15 @@ def test_load_translator_picks_the_back_end(toy_model: Path, toy_onnx: Path, tmp
         load_translator(tmp_path)
     with pytest.raises(FileNotFoundError, match="missing.ckpt: no such model file"):
         load_translator(tmp_path / "missing.ckpt")
+
+
+def test_without_model_uses_the_shipped_one_or_says_what_to_do(toy_onnx: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.translate as translate
+
+    monkeypatch.setattr(translate, "DEFAULT_TRANSLATOR", tmp_path / "none")
+    out = run_cli(translate.main, ["Ein Hund"])
+    assert out.status == 2 and "no translation model at" in out.err and "vit-export" in out.err
+    monkeypatch.setattr(translate, "DEFAULT_TRANSLATOR", toy_onnx)
+    out = run_cli(translate.main, ["--provider", "cpu", "ein hund läuft"])
+    assert out.status in (0, None) and out.out.strip()

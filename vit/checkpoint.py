@@ -113,23 +113,25 @@ def average_checkpoints(paths: Sequence[str | Path]) -> tuple[str, torch.nn.Modu
     if not paths:
         raise ValueError("no checkpoints to average")
     kind = checkpoint_kind(paths[-1])
-    states = []
-    for path in paths:
-        state, record = read_checkpoint(path, key=kind)
-        if record is None:
-            raise ValueError(f"{path}: not a {kind} checkpoint like {paths[-1]}")
-        state = upgrade_seq2seq_state(state) if kind == SEQ2SEQ_KEY else state
-        if states and {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in states[0].items()}:
-            raise ValueError(f"{path}: its weights do not match those of {paths[0]}")
-        states.append(state)
-    mean = {k: torch.stack([s[k].double() for s in states]).mean(dim=0).to(v.dtype)
-            for k, v in states[-1].items()}
+    _, record = read_checkpoint(paths[-1], key=kind)
     if kind == SEQ2SEQ_KEY:
         model: torch.nn.Module = Seq2Seq(Seq2SeqConfig(**record["config"]))
-        model.load_state_dict(_with_tied(model, mean), strict=True)
     else:
         model = ViT(ViTConfig(**record["config"]))
-        model.load_state_dict(mean, strict=True)
+    template = model.state_dict()
+    states = []
+    for path in paths:
+        state, own = read_checkpoint(path, key=kind)
+        if own is None:
+            raise ValueError(f"{path}: not a {kind} checkpoint like {paths[-1]}")
+        if kind == SEQ2SEQ_KEY:  # today's names, shared matrices under each of their names
+            state = _with_tied(model, upgrade_seq2seq_state(state))
+        if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in template.items()}:
+            raise ValueError(f"{path}: its weights do not match those of {paths[-1]}")
+        states.append(state)
+    mean = {k: torch.stack([s[k].double() for s in states]).mean(dim=0).to(v.dtype)
+            for k, v in template.items()}
+    model.load_state_dict(mean, strict=True)
     names = ", ".join(Path(p).name for p in paths)
     record = {**record, "source": f"mean of {len(paths)} checkpoints ({names}) of {record.get('source')}"}
     return kind, model.eval(), record
