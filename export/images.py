@@ -6,6 +6,7 @@ truncated or corrupt file fails here, with its name, instead of deep inside infe
 
 from __future__ import annotations
 
+import errno
 import glob
 import io
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from vit.image_folder import images_under
+from vit.image_folder import images_under, is_image_file
 
 
 class ImageLoadError(ValueError):
@@ -61,24 +62,30 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
     return image
 
 
+NOT_FOUND = "no such file or directory, and no file matches it as a pattern"
+
+
 @dataclass
 class Missing:
-    """A command-line argument that named no file."""
+    """A command-line argument that named no image: ``reason`` says why."""
 
     arg: str
+    reason: str = NOT_FOUND
 
     @property
     def message(self) -> str:
-        return f"{self.arg}: no such file or directory, and no file matches it as a pattern"
+        return f"{self.arg}: {self.reason}"
 
 
-def find_images(args: Iterable[str | Path]) -> list[Path | Missing]:
+def find_images(args: Iterable[str | Path], *, skipped: list[Path] | None = None) -> list[Path | Missing]:
     """Expand command-line arguments into image paths, in order.
 
     A file is taken as given (whatever its extension, so a bad one gets its own error);
-    a directory is searched recursively for files with an image extension; anything else
-    is a glob pattern (``**`` allowed). An argument that matches nothing becomes a
-    :class:`Missing` entry, so the caller can report it and go on.
+    a directory is searched recursively for files with an image extension (the other files
+    are appended to ``skipped`` when given); anything else is a glob pattern (``**``
+    allowed). An argument that yields no image becomes a :class:`Missing` entry saying why
+    (nothing there, a folder without images, a symlink loop), so the caller can report it
+    and go on.
     """
     found: list[Path | Missing] = []
     for arg in args:
@@ -86,11 +93,34 @@ def find_images(args: Iterable[str | Path]) -> list[Path | Missing]:
         if path.is_file():
             found.append(path)
         elif path.is_dir():
-            found.extend(images_under(path))
+            found.extend(_folder_images(path, skipped) or [_no_images(arg, path)])
+        elif _is_symlink_loop(path):
+            found.append(Missing(str(arg), "symlink loop (the link resolves back to itself)"))
         else:
             matches = sorted(glob.glob(os.fspath(arg), recursive=True))
             files = [Path(m) for m in matches if Path(m).is_file()]
             for d in (Path(m) for m in matches if Path(m).is_dir()):
-                files.extend(images_under(d))
+                files.extend(_folder_images(d, skipped))
             found.extend(files or [Missing(str(arg))])
     return found
+
+
+def _folder_images(folder: Path, skipped: list[Path] | None) -> list[Path]:
+    images = images_under(folder)
+    if skipped is not None:
+        skipped.extend(p for p in sorted(folder.rglob("*")) if p.is_file() and not is_image_file(p))
+    return images
+
+
+def _no_images(arg: str | Path, folder: Path) -> Missing:
+    others = sum(1 for p in folder.rglob("*") if p.is_file())
+    detail = f" ({others} other file{'s' if others != 1 else ''})" if others else ""
+    return Missing(str(arg), f"folder has no image files{detail}")
+
+
+def _is_symlink_loop(path: Path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ELOOP
+    return False

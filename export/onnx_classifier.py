@@ -2,8 +2,13 @@
 
     clf = OnnxClassifier("model.onnx")
     [pred] = clf.predict("cat.jpg", top_k=3)
-    pred.labels, pred.probs          # ["cat", "dog", "deer"], [0.91, 0.05, 0.01]
+    pred.labels, pred.scores         # ["cat", "dog", "deer"], [0.91, 0.05, 0.01]
+    pred.to_dict()                   # {"path": "cat.jpg", "predictions": [{"label": "cat", "score": 0.91}, ...]}
 
+    for pred in clf.predict_iter(["photos/", "more/*.jpg"], errors="record"):  # lazily, as vit-predict
+        print(pred.to_dict())        # a file that cannot be read: {"path": ..., "error": ...}
+
+Paths may be files, folders (searched recursively) and glob patterns, as for ``vit-predict``.
 Images are preprocessed exactly as in validation (:func:`vit.preprocess.preprocess_image`
 with the :class:`~vit.preprocess.Preprocess` stored in the file). Shape letters: B batch,
 L layers, H heads, N tokens, K classes.
@@ -12,7 +17,7 @@ L layers, H heads, N tokens, K classes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,12 +28,13 @@ from PIL import Image
 
 from vit.preprocess import Preprocess, preprocess_image
 
-from .images import load_image
+from .images import ImageLoadError, Missing, find_images, load_image
 from .metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
 ImageInput = Image.Image | np.ndarray | str | Path
+ERROR_MODES = ("raise", "record")
 
 PROVIDER_ALIASES = {
     "cpu": "CPUExecutionProvider",
@@ -44,14 +50,32 @@ PROVIDER_ALIASES = {
 
 @dataclass
 class Prediction:
-    """Top-k classes of one image, best first; ``logits`` (K,) over all classes;
-    ``attention`` (L, H, N, N) when the file has an attention output, else ``None``."""
+    """Top-k classes of one image, best first: ``labels``, their softmax ``scores`` and class
+    ``indices``; ``logits`` (K,) over all classes; ``attention`` (L, H, N, N) when the file has
+    an attention output, else ``None``; ``path`` when the image came from a file. A file that
+    could not be classified (``errors="record"``) has ``error`` set and no classes."""
 
     labels: list[str]
-    probs: list[float]
-    logits: np.ndarray
+    scores: list[float]
+    logits: np.ndarray | None = None
     attention: np.ndarray | None = None
     indices: list[int] | None = None
+    path: str | None = None
+    error: str | None = None
+
+    def to_dict(self, digits: int | None = None) -> dict[str, Any]:
+        """``{"path": ..., "predictions": [{"label": ..., "score": ...}, ...]}`` (the shape of
+        Hugging Face pipelines and of ``vit-predict``'s records; ``path`` only when known), or
+        ``{"path": ..., "error": ...}``. ``digits`` rounds the scores."""
+        record: dict[str, Any] = {} if self.path is None else {"path": self.path}
+        if self.error is not None:
+            record["error"] = self.error
+            return record
+        record["predictions"] = [
+            {"label": label, "score": score if digits is None else round(score, digits)}
+            for label, score in zip(self.labels, self.scores, strict=True)
+        ]
+        return record
 
 
 @dataclass
@@ -132,11 +156,30 @@ class OnnxClassifier:
                 logger.warning("%s could not start %s (no device?); running on %s",
                                self.path, name, ", ".join(active))
         props = self.session.get_modelmeta().custom_metadata_map
-        self.info = ModelInfo.from_metadata(ModelMetadata.from_props(props, where=str(self.path)))
+        meta = ModelMetadata.from_props(props, where=str(self.path))
+        try:
+            self.info = ModelInfo.from_metadata(meta)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise ValueError(f"{self.path}: malformed ONNX metadata ({exc})") from exc
         model_input = self.session.get_inputs()[0]
         self._input_name = model_input.name
         self._input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
         self._output_names = [o.name for o in self.session.get_outputs()]
+        self._check_outputs()
+
+    def _check_outputs(self) -> None:
+        """The graph's outputs are what the metadata says: a ``logits`` output with one
+        column per class name."""
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if "logits" not in outputs:
+            raise ValueError(f"{self.path}: the model has no 'logits' output (has: {', '.join(outputs)})")
+        if self.info.has_attention and "attention" not in outputs:
+            raise ValueError(f"{self.path}: vit.outputs lists 'attention' but the model has no such output")
+        shape = outputs["logits"].shape
+        width = shape[-1] if shape else None
+        if isinstance(width, int) and width != len(self.info.class_names):
+            raise ValueError(f"{self.path}: ONNX metadata does not match the model: "
+                             f"vit.class_names has {len(self.info.class_names)} names for {width} logits")
 
     @property
     def providers(self) -> list[str]:
@@ -159,16 +202,60 @@ class OnnxClassifier:
         return {name: np.asarray(out, dtype=np.float32) for name, out in named}
 
     def predict(
-        self, images: ImageInput | Sequence[ImageInput], top_k: int = 5, *, batch_size: int = 64
+        self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, *, batch_size: int = 64,
+        errors: str = "raise",
     ) -> list[Prediction]:
-        """Classify PIL images, uint8 HWC RGB arrays or image paths; one
-        :class:`Prediction` per image, in order."""
-        items = _as_list(images)
-        predictions: list[Prediction] = []
-        for start in range(0, len(items), batch_size):
-            outputs = self.predict_batch(self.preprocess(items[start:start + batch_size]))
-            predictions.extend(self.decode(outputs, top_k))
-        return predictions
+        """Classify PIL images, uint8 HWC RGB arrays, image files, folders (recursively) and
+        glob patterns; one :class:`Prediction` per image, in order. ``errors="record"`` gives a
+        file that cannot be read (or a path that names no image) a Prediction with ``error``
+        set instead of raising. :meth:`predict_iter` yields the same one batch at a time."""
+        return list(self.predict_iter(images, top_k, batch_size=batch_size, errors=errors))
+
+    def predict_iter(
+        self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, *, batch_size: int = 64,
+        errors: str = "raise",
+    ) -> Iterator[Prediction]:
+        """:meth:`predict`, lazily: paths are expanded and images read one batch at a time,
+        so a folder of any size holds at most ``batch_size`` images in memory."""
+        if errors not in ERROR_MODES:
+            raise ValueError(f"errors must be one of {', '.join(ERROR_MODES)}, got {errors!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        chunk: list[ImageInput | Missing] = []
+        for item in _expand(images):
+            chunk.append(item)
+            if len(chunk) == batch_size:
+                yield from self._predict_chunk(chunk, top_k, errors)
+                chunk = []
+        if chunk:
+            yield from self._predict_chunk(chunk, top_k, errors)
+
+    def _predict_chunk(self, chunk: list[ImageInput | Missing], top_k: int, errors: str) -> list[Prediction]:
+        results: list[Prediction | None] = []
+        arrays: list[np.ndarray] = []
+        paths: list[str | None] = []
+        for item in chunk:
+            path = item.arg if isinstance(item, Missing) else str(item) if isinstance(item, (str, Path)) else None
+            try:
+                if isinstance(item, Missing):
+                    raise FileNotFoundError(item.message)
+                arrays.append(self.preprocess(item))
+            except (ImageLoadError, OSError, ValueError) as exc:  # ImageLoadError: a bad file
+                if errors == "raise":
+                    raise
+                message = str(exc) if path is None or path in str(exc) else f"{path}: {exc}"
+                results.append(Prediction(labels=[], scores=[], path=path, error=message))
+                continue
+            results.append(None)
+            paths.append(path)
+        if arrays:
+            decoded = iter(self.decode(self.predict_batch(np.concatenate(arrays)), top_k))
+            for i, slot in enumerate(results):
+                if slot is None:
+                    results[i] = next(decoded)
+            for pred, path in zip((r for r in results if r.error is None), paths, strict=True):
+                pred.path = path
+        return results  # type: ignore[return-value]
 
     def decode(self, outputs: dict[str, np.ndarray], top_k: int = 5) -> list[Prediction]:
         """Model outputs of a batch -> one :class:`Prediction` per row."""
@@ -180,7 +267,7 @@ class OnnxClassifier:
         names = self.info.class_names
         return [
             Prediction(
-                labels=[names[j] for j in order[i]], probs=[float(probs[i, j]) for j in order[i]],
+                labels=[names[j] for j in order[i]], scores=[float(probs[i, j]) for j in order[i]],
                 logits=logits[i], attention=None if attention is None else attention[i],
                 indices=[int(j) for j in order[i]],
             )
@@ -195,12 +282,29 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return z / z.sum(axis=1, keepdims=True)
 
 
-def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+def _as_list(images: ImageInput | Iterable[ImageInput]) -> list[ImageInput]:
     if isinstance(images, (Image.Image, str, Path)):
         return [images]
     if isinstance(images, np.ndarray):
         return list(images) if images.ndim == 4 else [images]  # (B, H, W, C) or one image
     return list(images)
+
+
+def _expand(images: ImageInput | Iterable[ImageInput]) -> Iterator[ImageInput | Missing]:
+    """Images in order, with every path argument expanded as ``vit-predict`` expands it
+    (:func:`export.images.find_images`: a file as given, a folder's images, a pattern's
+    matches, or a :class:`~export.images.Missing` entry)."""
+    if isinstance(images, (Image.Image, str, Path, np.ndarray)):
+        yield from _expand_one(images) if not isinstance(images, np.ndarray) else _as_list(images)
+        return
+    for image in images:
+        yield from _expand_one(image)
+
+
+def _expand_one(image: ImageInput | Missing) -> list[ImageInput | Missing]:
+    if isinstance(image, (str, Path)):
+        return find_images([image])
+    return [image]
 
 
 def _as_pil(image: ImageInput) -> Image.Image:

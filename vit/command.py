@@ -1,0 +1,60 @@
+"""What every command of the project shares: ``--version``, help texts that show defaults
+and read as plain text, and the closest valid name for a misspelt one (stdlib only)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+from collections.abc import Iterable
+from importlib import metadata
+
+DISTRIBUTION = "vit-service"
+
+# reStructuredText roles and literals as module docstrings write them: :mod:`x`, ``x``, `x`
+_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def package_version() -> str:
+    """The installed version of the project (``0+unknown`` when run from a bare checkout)."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def plain(text: str) -> str:
+    """``text`` without reStructuredText markup: ``:mod:`x``` and ````x```` become ``x``."""
+    return _LITERAL.sub(r"\1", _ROLE.sub(r"\1", text))
+
+
+def description(doc: str | None) -> str:
+    """The first paragraph of a module docstring, as plain text for ``--help``."""
+    return plain((doc or "").split("\n\n")[0]).strip()
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default (unless its help already says it) and keeps the
+    description's line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False) or action.default is argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def parser(prog: str, doc: str | None, **kwargs: object) -> argparse.ArgumentParser:
+    """An ``argparse`` parser with the project's help formatter, the first paragraph of
+    ``doc`` as its description and ``--version``."""
+    p = argparse.ArgumentParser(prog=prog, description=description(doc), formatter_class=HelpFormatter,
+                                **kwargs)  # type: ignore[arg-type]
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    return p
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The valid name nearest to a misspelt ``name``, or ``None`` when none is close."""
+    found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
