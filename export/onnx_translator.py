@@ -42,6 +42,9 @@ class OnnxStepper:
         self.rules = DecodingRules.of(config)
         self.num_layers = config["dec_depth"]
         self.num_heads, self.head_dim = config["num_heads"], config["dim"] // config["num_heads"]
+        outputs = [o.name for o in decoder.get_outputs()]
+        # the attention output only when asked for: onnxruntime runs just what the fetched outputs need
+        self.fetch = {True: outputs, False: [name for name in outputs if name != "cross_weights"]}
 
     def start(self, src_ids: np.ndarray) -> OnnxState:
         cross = self.encoder.run(None, {"src_ids": src_ids})
@@ -60,11 +63,12 @@ class OnnxStepper:
         feeds = dict(state.feeds)
         past = feeds["past_key_0"].shape[2]
         for j in range(past, tokens.shape[1]):  # one position per decoder call
-            logits, *rest = self.decoder.run(None, {"tokens": tokens[:, j : j + 1], **feeds})
-            presents, weights = rest[:-1], rest[-1]  # 2L x (N, H, P + 1, Dh), (L, N, S)
+            logits, *rest = self.decoder.run(self.fetch[return_attention],
+                                             {"tokens": tokens[:, j : j + 1], **feeds})
+            presents = rest[: 2 * self.num_layers]  # 2L x (N, H, P + 1, Dh), then (L, N, S) if fetched
             for i in range(self.num_layers):
                 feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = presents[2 * i], presents[2 * i + 1]
-        attention = weights.transpose(1, 0, 2)[:, :, None] if return_attention else None  # (N, L, 1, S)
+        attention = rest[-1].transpose(1, 0, 2)[:, :, None] if return_attention else None  # (N, L, 1, S)
         return StepOutput(logits, OnnxState(feeds, state.rows), attention)
 
     def reorder(self, state: OnnxState, index: np.ndarray) -> OnnxState:
