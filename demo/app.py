@@ -22,6 +22,7 @@ from typing import Any
 
 import gradio as gr
 
+from vit.command import parser
 from vit.paths import DEFAULT_CLASSIFIER, DEFAULT_TRANSLATOR  # the shipped models, in models/
 from vit.rollout import HEAD_FUSIONS
 
@@ -213,7 +214,7 @@ def queue_options(max_size: int = 32, concurrency: int = 2) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vit-demo", description=__doc__.split("\n\n")[0])
+    p = parser("vit-demo", __doc__)  # --version, defaults shown, no reStructuredText
     p.add_argument("--model", type=Path, default=None,
                    help=f"an .onnx file (served without torch) or a .ckpt/.safetensors checkpoint "
                         f"(default: {DEFAULT_CLASSIFIER})")

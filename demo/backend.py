@@ -96,7 +96,7 @@ class OnnxBackend:
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
         pixels = self.classifier.preprocess(image)  # (1, 3, H, W)
         [pred] = self.classifier.decode(self.classifier.predict_batch(pixels), top_k)
-        return Analysis(labels=pred.labels, probs=pred.probs, indices=list(pred.indices or []),
+        return Analysis(labels=pred.labels, probs=pred.scores, indices=list(pred.indices or []),
                         attention=pred.attention, class_map=None, pixels=pixels[0])
 
     def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None:

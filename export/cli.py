@@ -15,14 +15,16 @@ import sys
 from pathlib import Path
 
 from vit.checkpoint import SEQ2SEQ_KEY, checkpoint_kind
+from vit.command import parser
 from vit.text_codec import read_lines
 
 from .metadata import OPSET
 
+SUPPORTED_OPSETS = tuple(range(18, 22))  # what torch.onnx (dynamo) writes and onnxruntime >= 1.18 runs
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vit-export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("vit-export", __doc__)
     p.add_argument("checkpoint", type=Path, nargs="+",
                    help="vit-train .ckpt, project .safetensors or timm checkpoint (classifier or "
                         "translator); several checkpoints of one run are averaged (e.g. its last epochs)")
@@ -44,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="share of sentences that must decode identically (default all)")
     p.add_argument("--num-verify", type=int, default=None,
                    help="images (default 256) or sentences (default all) to verify on")
-    p.add_argument("--opset", type=int, default=OPSET)
+    p.add_argument("--opset", type=int, default=OPSET, choices=SUPPORTED_OPSETS, metavar="OPSET",
+                   help=f"ONNX opset of the written graph ({SUPPORTED_OPSETS[0]} to {SUPPORTED_OPSETS[-1]})")
     return p
 
 

@@ -68,7 +68,10 @@ class ModelMetadata:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{where}: ONNX metadata {key} is not valid JSON ({exc.msg})") from exc
         meta = cls(**values)
-        if meta.format > FORMAT_VERSION:
+        if not isinstance(meta.class_names, list) or not isinstance(meta.config, dict):
+            raise ValueError(f"{where}: malformed ONNX metadata (vit.class_names must be a list and "
+                             "vit.config an object)")
+        if not isinstance(meta.format, int) or meta.format > FORMAT_VERSION:
             raise ValueError(
                 f"{where}: metadata format {meta.format} is newer than this code reads ({FORMAT_VERSION})"
             )

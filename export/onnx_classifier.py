@@ -3,7 +3,7 @@
     clf = OnnxClassifier("model.onnx")
     [pred] = clf.predict("cat.jpg", top_k=3)
     pred.labels, pred.scores         # ["cat", "dog", "deer"], [0.91, 0.05, 0.01]
-    pred.to_dict()                   # {"path": "cat.jpg", "predictions": [{"label": "cat", "score": 0.91}, ...]}
+    pred.to_dict()     # {"path": "cat.jpg", "predictions": [{"label": "cat", "score": 0.91}, ...]}
 
     for pred in clf.predict_iter(["photos/", "more/*.jpg"], errors="record"):  # lazily, as vit-predict
         print(pred.to_dict())        # a file that cannot be read: {"path": ..., "error": ...}
@@ -156,7 +156,7 @@ class OnnxClassifier:
                 logger.warning("%s could not start %s (no device?); running on %s",
                                self.path, name, ", ".join(active))
         props = self.session.get_modelmeta().custom_metadata_map
-        meta = ModelMetadata.from_props(props, where=str(self.path))
+        meta = ModelMetadata.from_props(props, where=str(self.path))  # missing keys, bad JSON: ValueError
         try:
             self.info = ModelInfo.from_metadata(meta)
         except (TypeError, ValueError, KeyError, IndexError) as exc:
@@ -235,11 +235,12 @@ class OnnxClassifier:
         arrays: list[np.ndarray] = []
         paths: list[str | None] = []
         for item in chunk:
-            path = item.arg if isinstance(item, Missing) else str(item) if isinstance(item, (str, Path)) else None
+            path = item.arg if isinstance(item, Missing) else None
+            path = str(item) if isinstance(item, (str, Path)) else path
             try:
                 if isinstance(item, Missing):
                     raise FileNotFoundError(item.message)
-                arrays.append(self.preprocess(item))
+                arrays.append(preprocess_image(_as_pil(item), self.info.preprocess)[None])  # (1, 3, H, W)
             except (ImageLoadError, OSError, ValueError) as exc:  # ImageLoadError: a bad file
                 if errors == "raise":
                     raise

@@ -1,10 +1,11 @@
-"""``vit-predict --model model.onnx PATH...``: classify image files with an exported model.
+"""vit-predict --model model.onnx PATH...: classify image files with an exported model.
 
 PATHs are files, folders (searched recursively) or glob patterns. One record per image,
-in input order: ``{"path", "labels", "probabilities"}``, or ``{"path", "error"}`` for a
-file that cannot be read -- the run goes on, and the exit status is 1 if any failed.
-Records go to stdout as JSON lines, or with ``-o`` to a ``.jsonl`` or ``.csv`` file
-written atomically. Torch-free.
+in input order: {"path": ..., "predictions": [{"label": ..., "score": ...}, ...]}, or
+{"path": ..., "error": ...} for a file that cannot be read -- the run goes on, and the exit
+status is 1 if any failed. Records go to stdout as JSON lines, or with -o to a .jsonl or
+.csv file (flat columns path, label, score, label_2, score_2, ..., error) written
+atomically. A summary (images, failures, skipped files, time) ends on stderr. Torch-free.
 """
 
 from __future__ import annotations
@@ -16,73 +17,76 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
 from pathlib import Path
 from typing import IO, Any
 
+from vit.command import parser
 from vit.paths import DEFAULT_CLASSIFIER
 
-from .images import ImageLoadError, Missing, find_images, load_image
+from .images import Missing, find_images
 from .onnx_classifier import OnnxClassifier
 
-CSV_FIELDS = ("path", "labels", "probabilities", "error")
+OUTPUT_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv"}
+SCORE_DIGITS = 6
 
 
-def classify(clf: OnnxClassifier, items: list[Path | Missing], *, top_k: int,
-             batch_size: int) -> Iterator[dict[str, Any]]:
-    """One record per item, in order; bad files become error records."""
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        records: list[dict[str, Any]] = []
-        arrays, slots = [], []
-        for item in chunk:
-            if isinstance(item, Missing):
-                records.append({"path": item.arg, "error": item.message})
-                continue
-            try:
-                arrays.append(clf.preprocess(load_image(item)))
-            except (ImageLoadError, OSError, ValueError) as exc:
-                message = str(exc) if str(item) in str(exc) else f"{item}: {exc}"
-                records.append({"path": str(item), "error": message})
-                continue
-            slots.append(len(records))
-            records.append({"path": str(item)})
-        if arrays:
-            import numpy as np
-
-            predictions = clf.decode(clf.predict_batch(np.concatenate(arrays)), top_k)
-            for slot, pred in zip(slots, predictions, strict=True):
-                records[slot]["labels"] = pred.labels
-                records[slot]["probabilities"] = [round(p, 6) for p in pred.probs]
-        yield from records
+def csv_fields(top_k: int) -> list[str]:
+    """``path, label, score, label_2, score_2, ..., error`` for ``top_k`` classes."""
+    ranked = [f"{name}_{i}" if i > 1 else name for i in range(1, top_k + 1) for name in ("label", "score")]
+    return ["path", *ranked, "error"]
 
 
-def _csv_row(record: dict[str, Any]) -> dict[str, str]:
-    return {"path": record["path"], "labels": json.dumps(record.get("labels", [])),
-            "probabilities": json.dumps(record.get("probabilities", [])), "error": record.get("error", "")}
+def csv_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A record (:meth:`Prediction.to_dict`) as one flat CSV row."""
+    row: dict[str, Any] = {"path": record.get("path", ""), "error": record.get("error", "")}
+    for i, pred in enumerate(record.get("predictions", []), start=1):
+        suffix = f"_{i}" if i > 1 else ""
+        row["label" + suffix], row["score" + suffix] = pred["label"], pred["score"]
+    return row
+
+
+def check_output(output: Path) -> str | None:
+    """Why ``output`` cannot be written (before any work is done), or ``None``."""
+    if output.is_dir():
+        return f"{output}: is a folder; give a file name such as {output / 'predictions.jsonl'}"
+    if output.suffix.lower() not in OUTPUT_FORMATS:
+        return (f"{output}: unknown output format {output.suffix or '(no extension)'!r}; "
+                f"use {', '.join(OUTPUT_FORMATS)}")
+    parent = output.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{output}: cannot create it below {parent}, which is a file"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{output}: cannot write to {parent} (permission denied)"
+    return None
 
 
 class RecordWriter:
-    """JSON lines to a stream, or JSON lines / CSV to a file via a tmp file + rename."""
+    """JSON lines to a stream, or JSON lines / CSV to a file via a temporary file in the same
+    folder and a rename; the file gets the mode of the file it replaces, else the umask's."""
 
-    def __init__(self, output: Path | None) -> None:
+    def __init__(self, output: Path | None, top_k: int) -> None:
         self.output = output
         self._tmp: str | None = None
+        self._csv: csv.DictWriter | None = None
         if output is None:
             self.stream: IO[str] = sys.stdout
             self.format = "jsonl"
             return
-        self.format = "csv" if output.suffix.lower() == ".csv" else "jsonl"
+        self.format = OUTPUT_FORMATS[output.suffix.lower()]
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
+        os.chmod(fd, output.stat().st_mode & 0o7777 if output.is_file() else 0o666 & ~_umask())
         self.stream = os.fdopen(fd, "w", newline="" if self.format == "csv" else None, encoding="utf-8")
-        self._csv = csv.DictWriter(self.stream, CSV_FIELDS) if self.format == "csv" else None
-        if self._csv:
+        if self.format == "csv":
+            self._csv = csv.DictWriter(self.stream, csv_fields(top_k))
             self._csv.writeheader()
 
     def write(self, record: dict[str, Any]) -> None:
-        if self.format == "csv":
-            self._csv.writerow(_csv_row(record))
+        if self._csv is not None:
+            self._csv.writerow(csv_row(record))
         else:
             self.stream.write(json.dumps(record) + "\n")
             if self.output is None:
@@ -101,56 +105,101 @@ class RecordWriter:
             self._tmp = None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vit-predict", description=__doc__.split("\n\n")[0])
+    p = parser("vit-predict", __doc__)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns")
     p.add_argument("--model", type=Path, default=None,
-                   help="exported .onnx file (default: models/cifar10_vit.onnx in the repository)")
-    p.add_argument("--top-k", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=32)
+                   help=f"exported .onnx file (default: the shipped {DEFAULT_CLASSIFIER.name})")
+    p.add_argument("--top-k", type=int, default=5, help="classes per image")
+    p.add_argument("--batch-size", type=int, default=32, help="images per inference call")
     p.add_argument("--provider", action="append",
                    help="execution provider: cpu (default), cuda, tensorrt or an onnxruntime name; "
                         "repeat for a preference list")
-    p.add_argument("-o", "--output", type=Path, help="write records to a .jsonl or .csv file")
+    p.add_argument("-o", "--output", type=Path,
+                   help="write records to a .jsonl or .csv file (default: JSON lines on stdout)")
     return p
+
+
+def _fail(message: str) -> int:
+    print(f"vit-predict: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.top_k < 1 or args.batch_size < 1:
-        print("vit-predict: --top-k and --batch-size must be at least 1", file=sys.stderr)
-        return 2
+        return _fail("--top-k and --batch-size must be at least 1")
+    if args.output is not None and (problem := check_output(args.output)):
+        return _fail(problem)
+    try:
+        writer = RecordWriter(args.output, args.top_k)  # a folder that refuses files fails here, first
+    except OSError as exc:
+        return _fail(f"{args.output}: cannot write there ({exc.strerror or type(exc).__name__})")
+    try:
+        return _classify(args, writer)
+    finally:
+        writer.discard()
+
+
+def _classify(args: argparse.Namespace, writer: RecordWriter) -> int:
     model = args.model
     if model is None:
         model = DEFAULT_CLASSIFIER
         if not model.is_file():
-            print(f"vit-predict: no model at {model}; train one with vit-train and export it with "
-                  f"`vit-export CHECKPOINT -o {model}`, or pass --model FILE.onnx", file=sys.stderr)
-            return 2
+            return _fail(f"no model at {model}; train one with vit-train and export it with "
+                         f"`vit-export CHECKPOINT -o {model}`, or pass --model FILE.onnx")
+    if model.suffix.lower() in (".ckpt", ".safetensors", ".pt", ".pth"):
+        return _fail(f"{model} is a training checkpoint; export it first with "
+                     f"`vit-export {model} -o model.onnx`, then run vit-predict --model model.onnx")
     try:
         clf = OnnxClassifier(model, providers=args.provider)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"vit-predict: {exc}", file=sys.stderr)
-        return 2
-    items = find_images(args.paths)
-    writer = RecordWriter(args.output)
-    failed = 0
+        return _fail(str(exc))
     try:
-        from tqdm import tqdm
+        return _run(clf, args, writer)
+    except BrokenPipeError:  # `vit-predict ... | head`: the reader has all it wants
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
+        return 0
 
-        with tqdm(total=len(items), unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
-            for record in classify(clf, items, top_k=args.top_k, batch_size=args.batch_size):
-                failed += "error" in record
-                writer.write(record)
-                bar.update(1)
-        writer.commit()
-    finally:
-        writer.discard()
-    if failed:
-        print(f"vit-predict: {failed} of {len(items)} inputs failed (see their error records)",
-              file=sys.stderr)
+
+def _run(clf: OnnxClassifier, args: argparse.Namespace, writer: RecordWriter) -> int:
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    skipped: list[Path] = []
+    items = find_images(args.paths, skipped=skipped)
+    failed = 0
+    with tqdm(total=len(items), unit="img", file=sys.stderr, disable=not sys.stderr.isatty(),
+              leave=False) as bar:
+        for pred in clf.predict_iter(items, args.top_k, batch_size=args.batch_size, errors="record"):
+            failed += pred.error is not None
+            writer.write(pred.to_dict(digits=SCORE_DIGITS))
+            bar.update(1)
+    writer.commit()
+    seconds = time.perf_counter() - start
+    print(summary(len(items), failed, len(skipped), seconds, args.output,
+                  empty=all(isinstance(i, Missing) for i in items)), file=sys.stderr)
     return 1 if failed else 0
+
+
+def summary(count: int, failed: int, skipped: int, seconds: float, output: Path | None, *,
+            empty: bool = False) -> str:
+    """The last line of a run: what was done, how fast and where it went."""
+    done = count - failed
+    rate = f", {done / seconds:.1f} img/s" if done and seconds > 0 else ""
+    parts = [f"{done} image{'s' if done != 1 else ''} classified", f"{failed} failed"]
+    parts.append(f"{skipped} non-image file{'s' if skipped != 1 else ''} skipped")
+    where = f"; wrote {output}" if output is not None else ""
+    hint = "; nothing to classify" if empty else ""
+    return f"vit-predict: {', '.join(parts)} in {seconds:.1f} s{rate}{where}{hint}"
 
 
 if __name__ == "__main__":

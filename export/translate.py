@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from vit.command import parser
 from vit.paths import DEFAULT_TRANSLATOR
 
 from .onnx_classifier import resolve_providers
@@ -62,7 +63,7 @@ def format_attention(t: Translation, layer: int) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="vit-translate", description=__doc__.split("\n\n")[0])
+    p = parser("vit-translate", __doc__)
     p.add_argument("sentences", nargs="*", help="sentences to translate (default: --input or stdin)")
     p.add_argument("--model", type=Path, default=None,
                    help=f"checkpoint (.ckpt/.safetensors) or exported ONNX folder "
@@ -75,7 +76,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="execution provider of an ONNX model: cpu (default), cuda, tensorrt or an "
                         "onnxruntime name; repeat for a preference list")
     p.add_argument("--max-len", type=int, default=None, help="most tokens to generate (default 2 S + 10)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="sentences decoded together")
     p.add_argument("--attention", "--alignment", action="store_true", dest="attention",
                    help="also print the cross-attention (source x generated tokens)")
     p.add_argument("--attention-layer", "--alignment-layer", type=int, default=-1, dest="attention_layer",

@@ -71,7 +71,7 @@ def test_server_answers_like_the_classifier(demo_server: gr.Blocks, demo_model: 
         label, original, overlay, _, _ = client.predict(handle_file(path), api_name="/classify")
         [want] = reference.predict(path, top_k=5)
         assert [c["label"] for c in label["confidences"]] == want.labels
-        np.testing.assert_allclose([c["confidence"] for c in label["confidences"]], want.probs, rtol=1e-6)
+        np.testing.assert_allclose([c["confidence"] for c in label["confidences"]], want.scores, rtol=1e-6)
         assert Image.open(original).size == Image.open(overlay).size
 
 

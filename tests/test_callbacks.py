@@ -57,3 +57,13 @@ def test_batch_size_of_nested_batches() -> None:
     assert batch_size_of({"src": torch.zeros(3, 7)}) == 3
     assert batch_size_of([[torch.zeros(2)]]) == 2
     assert batch_size_of([]) == 0 and batch_size_of(torch.tensor(1.0)) == 0
+
+
+def test_progress_bar_metrics_fit_a_terminal() -> None:
+    from training.callbacks import compact_metrics
+
+    shown = compact_metrics({"v_num": 3, "train_loss_step": torch.tensor(1.23456), "img/s": 4321.987,
+                             "val_loss": 0.98765, "val_acc": 0.612345, "train_loss_epoch": 1.3})
+    assert shown == {"train_loss": "1.23", "img/s": "4322", "val_loss": "0.988", "val_acc": "0.612"}
+    line = ", ".join(f"{k}={v}" for k, v in shown.items())
+    assert len(line) < 60  # with "Epoch 12: 100%|####| 211/211 [00:30<00:00, 7.0it/s, ...]" under 120

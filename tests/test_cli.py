@@ -75,3 +75,13 @@ def test_translator_export_errors_are_one_line(tmp_path: Path, toy_ckpt: Path,
                      str(tmp_path / "missing.de")]) == 2
     assert "missing.de" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_opset_is_refused_before_any_work(tmp_path: Path, tiny_checkpoint: Path,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main([str(tiny_checkpoint), "-o", str(tmp_path / "m.onnx"), "--opset", "7"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --opset: invalid choice: 7 (choose from 18, 19, 20, 21)" in err
+    assert not (tmp_path / "m.onnx").exists()

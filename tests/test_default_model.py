@@ -78,3 +78,23 @@ def _open(path: str) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         return image
+
+
+def test_an_installed_copy_finds_the_packaged_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After ``pip install .`` (not editable) vit/ lives in site-packages without the repository's
+    models/: the shipped files come from the data package vit_models that pyproject.toml builds."""
+    import importlib
+
+    from vit import paths
+
+    pyproject = (paths.REPO_ROOT / "pyproject.toml").read_text()  # (tomllib needs Python 3.11)
+    assert f'package-dir = {{ {paths.PACKAGED_MODELS} = "models" }}' in pyproject
+    assert f'"{paths.PACKAGED_MODELS}"]' in pyproject and f'{paths.PACKAGED_MODELS} = ["*.onnx"' in pyproject
+    assert paths.models_dir() == MODELS_DIR == paths.REPO_ROOT / "models"  # a checkout reads models/
+    site = tmp_path / "site-packages"
+    (site / paths.PACKAGED_MODELS).mkdir(parents=True)
+    (site / paths.PACKAGED_MODELS / "cifar10_vit.onnx").write_bytes(b"model")
+    monkeypatch.setattr(paths, "REPO_ROOT", site)  # where vit/ of an installed copy sits
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    assert paths.models_dir() == site / paths.PACKAGED_MODELS

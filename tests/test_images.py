@@ -38,3 +38,14 @@ def test_find_images_expands_files_folders_and_globs(tiny_data: Path, tmp_path: 
     assert len(found) == 1 + 36 + 2 + 1 and all(p.suffix == ".png" for p in found[1:-1])
     assert found[-1] == Missing(str(tmp_path / "nope.jpg")) and "no such file" in found[-1].message
     assert find_images([str(tiny_data / "**" / "011.png")]) == sorted(tiny_data.rglob("011.png"))
+
+
+def test_find_images_says_why_an_argument_gave_no_image(tiny_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    skipped: list[Path] = []
+    found = find_images([tmp_path / "empty", tmp_path / "loop", tiny_data / "circle"], skipped=skipped)
+    assert found[0] == Missing(str(tmp_path / "empty"), "folder has no image files (1 other file)")
+    assert found[1].message == f"{tmp_path / 'loop'}: symlink loop (the link resolves back to itself)"
+    assert len(found) == 2 + 12 and skipped == [tmp_path / "empty" / "notes.txt"]

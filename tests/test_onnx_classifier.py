@@ -3,9 +3,11 @@ batches, the attention output, bad models and providers."""
 
 from __future__ import annotations
 
+import glob
 import io
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from conftest import REPO, TINY, photo
 from PIL import Image
 
+from export.images import ImageLoadError
 from export.onnx_classifier import OnnxClassifier, Prediction, resolve_providers, softmax
 from vit.preprocess import Preprocess
 
@@ -39,11 +42,69 @@ def test_predict_accepts_pil_arrays_and_paths_alike(clf: OnnxClassifier, tiny_da
     for pred in (by_path, by_pil, by_array):
         assert isinstance(pred, Prediction) and len(pred.labels) == 2 and pred.attention is None
         assert pred.labels == by_path.labels and pred.logits.shape == (3,)
-        np.testing.assert_allclose(pred.probs, by_path.probs, rtol=1e-6)
-    assert by_path.probs[0] >= by_path.probs[1] and sum(by_path.probs) <= 1 + 1e-6
+        np.testing.assert_allclose(pred.scores, by_path.scores, rtol=1e-6)
+    assert by_path.scores[0] >= by_path.scores[1] and sum(by_path.scores) <= 1 + 1e-6
     assert by_path.labels[0] == clf.info.class_names[int(by_path.logits.argmax())]
     (single,) = clf.predict(str(path), top_k=10)  # one image, k capped at the class count
-    assert len(single.labels) == 3 and abs(sum(single.probs) - 1) < 1e-6
+    assert len(single.labels) == 3 and abs(sum(single.scores) - 1) < 1e-6
+
+
+def test_to_dict_is_the_pipeline_shape(clf: OnnxClassifier, tiny_data: Path) -> None:
+    path = sorted((tiny_data / "square").glob("*.png"))[0]
+    (by_path,) = clf.predict(path, top_k=2)
+    record = by_path.to_dict()
+    assert list(record) == ["path", "predictions"] and record["path"] == str(path)
+    assert [p["label"] for p in record["predictions"]] == by_path.labels
+    assert [p["score"] for p in record["predictions"]] == by_path.scores
+    (by_pil,) = clf.predict(Image.open(path), top_k=2)
+    assert list(by_pil.to_dict()) == ["predictions"]  # no path for an image given in memory
+    assert all(len(str(p["score"]).split(".")[1]) <= 3 for p in by_path.to_dict(digits=3)["predictions"])
+
+
+def test_predict_takes_folders_globs_lazily_and_can_record_errors(clf: OnnxClassifier, tiny_data: Path,
+                                                                   tmp_path: Path) -> None:
+    folder = tiny_data / "circle"
+    pattern = str(tiny_data / "stripes" / "00[01].png")
+    preds = clf.predict([folder, pattern], top_k=1)
+    assert [p.path for p in preds] == [*map(str, sorted(folder.glob("*.png"))), *sorted(glob.glob(pattern))]
+    lazy = clf.predict_iter(folder, batch_size=2)
+    assert isinstance(lazy, Iterator)
+    first = next(lazy)
+    assert first.path == str(sorted(folder.glob("*.png"))[0]) and first.error is None
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(ImageLoadError, match="bad.png: not an image format"):
+        clf.predict([folder, tmp_path / "bad.png"])
+    good = sorted(folder.glob("*.png"))[0]
+    records = clf.predict([good, tmp_path / "bad.png", tmp_path / "nothing*.jpg", good], errors="record")
+    assert [r.error is None for r in records] == [True, False, False, True]
+    assert records[1].to_dict() == {"path": str(tmp_path / "bad.png"),
+                                    "error": f"{tmp_path / 'bad.png'}: not an image format PIL can read"}
+    assert "no such file" in records[2].error and records[3].labels == records[0].labels
+    with pytest.raises(ValueError, match="errors must be one of raise, record"):
+        clf.predict(good, errors="ignore")
+
+
+def test_metadata_that_does_not_fit_the_graph_is_refused(tmp_path: Path, tiny_onnx: Path) -> None:
+    import json
+
+    import onnx
+
+    model = onnx.load(str(tiny_onnx))
+    props = {p.key: p for p in model.metadata_props}
+    names = [f"class{i}" for i in range(2)]  # the graph has 3 logits
+    props["vit.class_names"].value = json.dumps(names)
+    config = json.loads(props["vit.config"].value)
+    props["vit.config"].value = json.dumps({**config, "num_classes": 2})
+    onnx.save(model, str(tmp_path / "short.onnx"))
+    with pytest.raises(ValueError, match=r"short.onnx: ONNX metadata does not match the model: "
+                                         r"vit.class_names has 2 names for 3 logits"):
+        OnnxClassifier(tmp_path / "short.onnx")
+    props["vit.config"].value = json.dumps(config)
+    props["vit.class_names"].value = json.dumps(["circle", "square", "stripes"])
+    props["vit.preprocess"].value = json.dumps({"no_such_field": 1})
+    onnx.save(model, str(tmp_path / "malformed.onnx"))
+    with pytest.raises(ValueError, match="malformed.onnx: malformed ONNX metadata"):
+        OnnxClassifier(tmp_path / "malformed.onnx")
 
 
 def test_predict_batches_agree_with_one_by_one(clf: OnnxClassifier, tiny_data: Path) -> None:

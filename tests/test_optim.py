@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from training.optim import WarmupCosine, WarmupInverseSqrt, layer_id, param_groups
+from training.optim import WarmupCosine, WarmupInverseSqrt, check_rates, layer_id, param_groups
+from vit.errors import ConfigError
 from vit.vit import ViT, ViTConfig
 
 
@@ -46,3 +47,16 @@ def test_layer_ids_and_schedule_edges() -> None:
         WarmupCosine(0, 0)
     assert WarmupCosine(10, 5).warmup_steps == 4  # warmup ends before the last step
     assert WarmupInverseSqrt(0)(0) == 1.0
+
+
+@pytest.mark.parametrize("rates,message", [
+    ({"lr": -1.0}, "model.lr must be a number > 0, got -1.0"),
+    ({"lr": 0.0}, "model.lr must be a number > 0, got 0.0"),
+    ({"lr": 1e-3, "min_lr": -1e-5}, "model.min_lr must be a number >= 0, got -1e-05"),
+    ({"lr": float("nan")}, "model.lr must be a number > 0, got nan"),
+])
+def test_bad_learning_rates_name_the_field(rates: dict[str, float], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_rates(**rates)
+    assert str(info.value) == message
+    check_rates(lr=1e-3, min_lr=0.0)  # fine

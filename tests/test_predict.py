@@ -1,13 +1,21 @@
-"""vit-predict (export/predict.py): per-file errors, JSON lines and CSV output written
-atomically, the default model."""
+"""vit-predict (export/predict.py): per-file errors, JSON lines and flat CSV output written
+atomically with normal permissions, the summary on stderr, output paths refused before any
+work, one line for bad inputs, a closed pipe, the default model."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import re
+import stat
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from export import predict
@@ -23,11 +31,14 @@ def test_predict_cli_keeps_going_past_bad_files(tiny_onnx: Path, tiny_data: Path
     records = [json.loads(line) for line in out.splitlines()]
     assert [r["path"] for r in records] == args  # in order, one each
     for record in (records[0], records[5]):
-        assert len(record["labels"]) == 2 and record["probabilities"][0] >= record["probabilities"][1]
+        scores = [p["score"] for p in record["predictions"]]
+        assert list(record) == ["path", "predictions"] and len(scores) == 2 and scores[0] >= scores[1]
+        assert {p["label"] for p in record["predictions"]} <= {"circle", "square", "stripes"}
     for record, path in zip(records[1:5], bad_files.values(), strict=True):
-        assert record["error"].startswith(f"{path}: ") and "labels" not in record
+        assert record["error"].startswith(f"{path}: ") and "predictions" not in record
     assert "no such file" in records[6]["error"]
-    assert "5 of 7 inputs failed" in err
+    assert re.fullmatch(r"vit-predict: 2 images classified, 5 failed, 0 non-image files skipped "
+                        r"in \d+\.\d s, \d+\.\d img/s", err.strip())
 
 
 def test_predict_cli_writes_jsonl_and_csv_atomically(tiny_onnx: Path, tiny_data: Path,
@@ -36,13 +47,92 @@ def test_predict_cli_writes_jsonl_and_csv_atomically(tiny_onnx: Path, tiny_data:
     assert predict.main(["--model", str(tiny_onnx), str(tiny_data / "square")]) == 0
     assert predict.main(["--model", str(tiny_onnx), str(tiny_data / "square"), "-o", str(out)]) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(records) == 12 and all(len(r["labels"]) == 3 for r in records)
+    assert len(records) == 12 and all(len(r["predictions"]) == 3 for r in records)
     table = tmp_path / "preds.csv"
-    assert predict.main(["--model", str(tiny_onnx), str(tiny_data / "circle"), "-o", str(table)]) == 0
+    assert predict.main(["--model", str(tiny_onnx), str(tiny_data / "circle"), "--top-k", "2",
+                         "-o", str(table)]) == 0
     rows = list(csv.DictReader(table.open()))
-    assert len(rows) == 12 and json.loads(rows[0]["labels"])[0] in ("circle", "square", "stripes")
-    assert rows[0]["error"] == ""
+    assert list(rows[0]) == ["path", "label", "score", "label_2", "score_2", "error"]
+    assert len(rows) == 12 and rows[0]["label"] in ("circle", "square", "stripes")
+    assert float(rows[0]["score"]) >= float(rows[0]["score_2"]) and rows[0]["error"] == ""
     assert sorted(p.name for p in tmp_path.rglob(".*")) == []  # no temp files left
+
+
+def test_written_files_get_normal_permissions(tiny_onnx: Path, tiny_data: Path, tmp_path: Path) -> None:
+    args = ["--model", str(tiny_onnx), str(sorted(tiny_data.rglob("*.png"))[0]), "-o"]
+    old = os.umask(0o022)
+    try:
+        assert predict.main([*args, str(tmp_path / "new.jsonl")]) == 0
+        assert stat.S_IMODE((tmp_path / "new.jsonl").stat().st_mode) == 0o644  # the umask's
+        kept = tmp_path / "kept.csv"
+        kept.write_text("old")
+        kept.chmod(0o640)
+        assert predict.main([*args, str(kept)]) == 0
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o640 and "score" in kept.read_text()  # the old file's
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("target,message", [
+    ("out.parquet", "unknown output format '.parquet'; use .jsonl, .json, .csv"),
+    ("folder", "is a folder; give a file name"),
+    ("a_file/out.jsonl", "cannot create it below {tmp}/a_file, which is a file"),
+    ("read_only/out.jsonl", "cannot write there (Permission denied)"),
+])
+def test_bad_output_paths_fail_before_any_work(tiny_onnx: Path, tiny_data: Path, tmp_path: Path, target: str,
+                                               message: str, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "read_only").mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes anywhere: a folder that refuses files, as a read-only mount does
+        real = tempfile.mkstemp
+
+        def refuse(*args, dir: str, **kwargs):  # noqa: A002 -- tempfile's name
+            if Path(dir).name == "read_only":
+                raise PermissionError(13, "Permission denied", dir)
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(predict.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(predict.OnnxClassifier, "__init__", lambda *a, **k: pytest.fail("work was started"))
+    assert predict.main(["--model", str(tiny_onnx), str(tiny_data), "-o", str(tmp_path / target)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message.format(tmp=tmp_path) in err and err.startswith("vit-predict: ")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a_file", "folder", "read_only"]
+
+
+def test_closed_pipe_ends_quietly(tiny_onnx: Path, tiny_data: Path) -> None:
+    args = ["--model", str(tiny_onnx), "--batch-size", "1", *[str(tiny_data)] * 40]
+    code = f"import sys; from export.predict import main; sys.exit(main({args!r}))"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()  # as `| head -1` does
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and json.loads(first)["predictions"]
+    assert err == ""
+
+
+def test_bad_inputs_get_one_line(tiny_onnx: Path, tiny_checkpoint: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture) -> None:
+    assert predict.main(["--model", str(tiny_checkpoint), str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"vit-predict: {tiny_checkpoint} is a training checkpoint; export it first with "
+                   f"`vit-export {tiny_checkpoint} -o model.onnx`, then run vit-predict --model model.onnx\n")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    assert predict.main(["--model", str(tiny_onnx), str(tmp_path / "empty"), str(tmp_path / "loop")]) == 1
+    out, err = capsys.readouterr()
+    empty, loop = str(tmp_path / "empty"), str(tmp_path / "loop")
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"path": empty, "error": f"{empty}: folder has no image files (1 other file)"},
+        {"path": loop, "error": f"{loop}: symlink loop (the link resolves back to itself)"},
+    ]
+    assert "0 images classified, 2 failed, 1 non-image file skipped" in err and "nothing to classify" in err
+    with pytest.raises(SystemExit):
+        predict.main(["--model", str(tiny_onnx), "--top_k", "3", str(tmp_path)])
+    assert "unrecognized arguments: --top_k (did you mean --top-k?)" in capsys.readouterr().err
 
 
 def test_predict_cli_failure_keeps_an_existing_output(tiny_onnx: Path, tmp_path: Path,
@@ -78,6 +168,16 @@ def test_default_model_is_the_shipped_classifier() -> None:
     assert DEFAULT_CLASSIFIER.name == "cifar10_vit.onnx" and DEFAULT_CLASSIFIER.parent.name == "models"
     with pytest.raises(SystemExit):
         predict.main(["--help"])
+
+
+def test_help_shows_defaults_and_version(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        predict.main(["--help"])
+    text = capsys.readouterr().out
+    assert "classes per image (default: 5)" in text and "``" not in text and ":mod:" not in text
+    with pytest.raises(SystemExit):
+        predict.main(["--version"])
+    assert re.fullmatch(r"vit-predict \S+\n", capsys.readouterr().out)
 
 
 def test_bad_arguments_are_refused(tiny_onnx: Path, tiny_data: Path, capsys: pytest.CaptureFixture) -> None:

@@ -5,6 +5,7 @@ a timm checkpoint through the CLI, checkpoints of the release, one-line errors f
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import signal
 import subprocess
@@ -150,3 +151,73 @@ def test_validates_a_checkpoint_of_the_release_before_the_rename(tmp_path: Path,
     assert float(logged["val_acc"]) == pytest.approx((logits.argmax(1) == y).float().mean().item(), abs=1e-6)
     assert float(logged["val_loss"]) == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(),
                                                       abs=1e-5)
+
+
+class _Unsafe:
+    """A class safe loading (``weights_only=True``) refuses to rebuild."""
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model.lr", "-1"], "model.lr must be a number > 0, got -1.0"),
+    (["--data.batch_size", "0"], "data.batch_size must be >= 1, got 0"),
+    (["--model.lrr", "0.1"], "model: Option 'lrr' is not accepted (did you mean lr?)"),
+    (["--mdoel.lr", "0.1"], "unrecognized arguments: --mdoel.lr 0.1 (did you mean --model.lr?)"),
+    (["--trainer.max_epochs", "x"], "trainer.max_epochs: expected int, got 'x'"),
+    (["--model.pretrained", "{unsafe}"], "model.pretrained: {unsafe}: holds Python objects that safe"),
+    (["--ckpt_path", "{unsafe}"], "{unsafe}: holds Python objects that safe loading refuses"),
+    (["--ckpt_path", "{foreign}"], "{foreign}: its hyperparameters do not fit this model (model: "),
+])
+def test_bad_settings_are_one_line_errors(tmp_path: Path, extra: list[str], message: str,
+                                          capsys: pytest.CaptureFixture,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    files = {"unsafe": tmp_path / "unsafe.ckpt", "foreign": tmp_path / "foreign.ckpt"}
+    torch.save({"thing": _Unsafe()}, files["unsafe"])
+    hparams = {"_class_path": "training.image_classifier.ImageClassifier", "lr": "fast"}
+    torch.save({"hyper_parameters": hparams, "state_dict": {}}, files["foreign"])
+    folder = make_image_folder(tmp_path / "images", per_class=4)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(fit_args(folder, tmp_path / "cache", *[a.format(**files) for a in extra]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("vit-train: error:")]
+    assert len(errors) == 1 and message.format(**files) in errors[0], err
+    assert "Traceback" not in err and "weights_only=False" not in err
+
+
+def test_fit_ends_with_a_summary_and_the_next_commands(smoke_run: Path) -> None:
+    from types import SimpleNamespace
+
+    from training.train import fit_summary
+
+    run = smoke_run / "runs" / "smoke" / "version_0"
+    best = next(str(p) for p in (run / "checkpoints").glob("epoch*.ckpt"))
+    callbacks = [SimpleNamespace(monitor="val_acc", best_model_path=best, best_model_score=torch.tensor(0.75),
+                                 last_model_path="", dirpath=str(run / "checkpoints")),
+                 SimpleNamespace(monitor=None, best_model_path=str(run / "checkpoints" / "last.ckpt"),
+                                 best_model_score=None, last_model_path="", dirpath=str(run / "checkpoints"))]
+    trainer = SimpleNamespace(checkpoint_callbacks=callbacks, interrupted=False, current_epoch=2,
+                              global_step=6, log_dir=str(run), default_root_dir=str(run.parent))
+    assert fit_summary(trainer, is_translator=False).splitlines() == [
+        f"vit-train: fit finished after 2 epochs (6 steps); run folder {run}",
+        f"  best checkpoint: {best} (val_acc 0.7500)",
+        f"  last checkpoint: {run / 'checkpoints' / 'last.ckpt'}",
+        f"  logs: {run / 'metrics.csv'}, {run / 'tb'}",
+        f"  config: {run / 'config.yaml'}",
+        f"  next: vit-export {best} -o model.onnx --attention",
+        "        vit-demo --model model.onnx",
+    ]
+    text = fit_summary(trainer, is_translator=True)
+    assert f"vit-export {best} -o translator/" in text and "vit-translate --model translator/" in text
+
+
+def test_third_party_adverts_are_off(caplog: pytest.LogCaptureFixture) -> None:
+    from lightning.pytorch.utilities.rank_zero import rank_zero_info
+
+    from training.train import quiet_third_parties
+
+    quiet_third_parties()
+    with caplog.at_level(logging.INFO):
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/)")
+        rank_zero_info("GPU available: False")
+    assert "litlogger" not in caplog.text and "GPU available" in caplog.text

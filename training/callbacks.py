@@ -1,5 +1,5 @@
-"""Callbacks that Lightning does not ship: throughput on the progress bar, and a CSV
-writer for ``vit-train predict``."""
+"""Callbacks that Lightning does not ship: throughput on the progress bar, a progress bar
+whose metric line fits a terminal, and a CSV writer for ``vit-train predict``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from torch import Tensor
 
 
@@ -21,6 +21,29 @@ def batch_size_of(batch: Any) -> int:
     if isinstance(batch, dict) and batch:
         return batch_size_of(next(iter(batch.values())))
     return int(batch.shape[0]) if isinstance(batch, Tensor) and batch.dim() > 0 else 0
+
+
+class CompactProgressBar(TQDMProgressBar):
+    """Lightning's progress bar with a short metric line: no ``v_num``, no ``_epoch``
+    duplicates of step metrics, ``_step`` dropped from names, three significant digits
+    (``train_loss=1.23, img/s=4322, val_acc=0.612``), 100 and above as whole numbers."""
+
+    def get_metrics(self, trainer: Any, pl_module: Any) -> dict[str, int | str | float | dict[str, float]]:
+        return compact_metrics(super().get_metrics(trainer, pl_module))
+
+
+def compact_metrics(items: dict[str, Any]) -> dict[str, Any]:
+    """The progress bar's metrics, shortened as :class:`CompactProgressBar` shows them."""
+    shown: dict[str, Any] = {}
+    for name, value in items.items():
+        if name == "v_num" or (name.endswith("_epoch") and name.removesuffix("_epoch") + "_step" in items):
+            continue
+        if isinstance(value, Tensor):
+            value = value.item()
+        if isinstance(value, float):
+            value = f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        shown[name.removesuffix("_step")] = value
+    return shown
 
 
 class Throughput(L.Callback):

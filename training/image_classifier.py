@@ -24,11 +24,12 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from vit.attention import configure_attention
 from vit.checkpoint import load_vit
+from vit.errors import DataError
 from vit.preprocess import Preprocess
 from vit.vit import ConvStem, ViT, ViTConfig
 
 from .distributed import seed_epoch
-from .optim import WarmupCosine, param_groups
+from .optim import WarmupCosine, check_rates, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class ImageClassifier(L.LightningModule):
         explicit_attention: bool | None = None,
     ) -> None:
         super().__init__()
+        check_rates(lr=lr, min_lr=min_lr)
         self.save_hyperparameters()
         self.model: ViT | None = None
         self.class_names: list[str] | None = None
@@ -162,7 +164,10 @@ class ImageClassifier(L.LightningModule):
     def _load_pretrained(self, path: str) -> ViT:
         hp = self.hparams
         overrides = {k: hp[k] for k in ("drop_rate", "attn_drop_rate", "drop_path_rate")}
-        model, record = load_vit(path, **overrides, **(hp.vit or {}))
+        try:
+            model, record = load_vit(path, **overrides, **(hp.vit or {}))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # missing, unsafe, corrupt or foreign
+            raise DataError(f"model.pretrained: {exc}") from exc
         model.train()
         self.source = f"fine-tuned from {Path(path).name} ({record.get('source') or 'unknown'})"
         if hp.num_classes is not None and model.config.num_classes != hp.num_classes:

@@ -17,6 +17,8 @@ from typing import Any
 
 from torch import nn
 
+from vit.errors import ConfigError
+
 NO_DECAY_NAMES = ("pos_embed", "cls_token")
 
 
@@ -75,3 +77,13 @@ class WarmupInverseSqrt:
     def __call__(self, step: int) -> float:
         step += 1
         return min(step / self.warmup_steps, math.sqrt(self.warmup_steps / step))
+
+
+def check_rates(**rates: float) -> None:
+    """Learning rates must be positive numbers (``min_lr`` may be 0); a
+    :class:`~vit.errors.ConfigError` names the field of the first that is not."""
+    for name, value in rates.items():
+        low_ok = value >= 0 if name.startswith("min_") else value > 0
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and low_ok):
+            bound = ">= 0" if name.startswith("min_") else "> 0"
+            raise ConfigError(f"model.{name} must be a number {bound}, got {value}")

@@ -35,7 +35,7 @@ from vit.seq2seq import Seq2Seq, Seq2SeqConfig
 from vit.text_codec import TextCodec
 
 from .distributed import gather_objects, seed_epoch
-from .optim import WarmupCosine, WarmupInverseSqrt
+from .optim import WarmupCosine, WarmupInverseSqrt, check_rates
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ class TranslationModule(L.LightningModule):
         ``seq2seq``: a full config dict, filled in when the model is built (so that a
         checkpoint's hyperparameters rebuild the same model); leave it unset."""
         super().__init__()
+        check_rates(lr=lr, min_lr=min_lr)
         if schedule not in ("cosine", "inverse_sqrt"):
             raise ValueError(
                 f"TranslationModule.schedule must be 'cosine' or 'inverse_sqrt', got {schedule!r}"

@@ -24,6 +24,7 @@ metadata entry ``key``. A file without a ``vit`` record is read as a timm checkp
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,13 +53,19 @@ def read_checkpoint(path: str | Path, key: str = VIT_KEY) -> tuple[dict[str, Ten
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                state = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:  # safetensors raises its own SafetensorError for a bad header
+            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
         record = json.loads(meta[key]) if key in meta else None
         return state, record
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: holds Python objects that safe loading refuses (weights_only=True); "
+                         "load only checkpoints you trust, saved as plain tensors") from exc
     except Exception as exc:  # a truncated or foreign file
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({exc.__class__.__name__})") from exc
     if isinstance(obj, dict) and isinstance(obj.get(key), dict):

@@ -45,11 +45,28 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+class Parser(argparse.ArgumentParser):
+    """``argparse`` that reports a bad command line in one line (no usage block) and names
+    the closest valid option for a misspelt one."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if message.startswith("unrecognized arguments:"):
+            options = [s for a in self._actions for s in a.option_strings]
+            hints = []
+            for token in message.split(":", 1)[1].split():
+                near = closest(token.split("=")[0], options) if token.startswith("-") else None
+                if near:
+                    hints.append(near)
+            if hints:
+                message += f" (did you mean {', '.join(hints)}?)"
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parser(prog: str, doc: str | None, **kwargs: object) -> argparse.ArgumentParser:
     """An ``argparse`` parser with the project's help formatter, the first paragraph of
-    ``doc`` as its description and ``--version``."""
-    p = argparse.ArgumentParser(prog=prog, description=description(doc), formatter_class=HelpFormatter,
-                                **kwargs)  # type: ignore[arg-type]
+    ``doc`` as its description, ``--version`` and a suggestion for a misspelt option."""
+    p = Parser(prog=prog, description=description(doc), formatter_class=HelpFormatter,
+               **kwargs)  # type: ignore[arg-type]
     p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     return p
 
