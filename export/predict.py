@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from vit.command import parser
+from vit.command import file_mode, parser
 from vit.paths import DEFAULT_CLASSIFIER
 
 from .images import Missing, find_images
@@ -78,7 +78,7 @@ class RecordWriter:
         self.format = OUTPUT_FORMATS[output.suffix.lower()]
         output.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp")
-        os.chmod(fd, output.stat().st_mode & 0o7777 if output.is_file() else 0o666 & ~_umask())
+        os.chmod(fd, file_mode(output))
         self.stream = os.fdopen(fd, "w", newline="" if self.format == "csv" else None, encoding="utf-8")
         if self.format == "csv":
             self._csv = csv.DictWriter(self.stream, csv_fields(top_k))
@@ -104,11 +104,6 @@ class RecordWriter:
             os.unlink(self._tmp)
             self._tmp = None
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -3,8 +3,10 @@ defaults and without reStructuredText, the closest valid name for a misspelt opt
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +65,17 @@ def test_misspelt_options_get_the_closest_name(capsys: pytest.CaptureFixture) ->
     with pytest.raises(SystemExit):
         p.parse_args(["--batch_size", "3"])
     assert "unrecognized arguments: --batch_size 3 (did you mean --batch-size?)" in capsys.readouterr().err
+
+
+def test_file_mode_follows_the_replaced_file_or_the_umask(tmp_path: Path) -> None:
+    from vit.command import file_mode
+
+    old = os.umask(0o027)
+    try:
+        assert file_mode() == 0o640 and file_mode(tmp_path / "new.json") == 0o640
+        existing = tmp_path / "old.json"
+        existing.write_text("{}")
+        existing.chmod(0o604)
+        assert file_mode(existing) == 0o604
+    finally:
+        os.umask(old)

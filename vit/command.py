@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 from collections.abc import Iterable
 from importlib import metadata
+from pathlib import Path
 
 DISTRIBUTION = "vit-service"
 
@@ -75,3 +77,13 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
     """The valid name nearest to a misspelt ``name``, or ``None`` when none is close."""
     found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return found[0] if found else None
+
+
+def file_mode(replacing: str | Path | None = None) -> int:
+    """The permission bits for a file a command writes: those of the file it replaces, else
+    what the umask allows (a temporary file starts at 0600)."""
+    if replacing is not None and Path(replacing).is_file():
+        return Path(replacing).stat().st_mode & 0o7777
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .command import file_mode
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,7 @@ class TextCodec:
             with tempfile.NamedTemporaryFile("w", dir=directory, prefix=f".{name}.", suffix=".tmp",
                                              delete=False, encoding="utf-8") as f:
                 f.write(tok.to_str())
+            os.chmod(f.name, file_mode(directory / name))
             Path(f.name).replace(directory / name)
 
     @classmethod
