@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -51,3 +52,21 @@ def test_random_model_is_the_multi30k_architecture() -> None:
     cfg = load_benchmark().random_model(vocab=50).config
     assert (cfg.dim, cfg.num_heads, cfg.enc_depth, cfg.dec_depth, cfg.max_len) == (256, 4, 3, 3, 256)
     assert cfg.share_embeddings and cfg.src_vocab_size == cfg.tgt_vocab_size == 50
+
+
+def test_onnx_rows_time_the_same_tokens(toy_model: Path, toy_onnx: Path) -> None:
+    """With ``onnx``, every row also times the exported model, which generates the tokens
+    PyTorch does."""
+    from vit.checkpoint import load_seq2seq
+
+    bench = load_benchmark()
+    model = load_seq2seq(toy_model)[0]
+    stepper = bench.onnx_stepper(toy_onnx, threads=1)
+    rows = bench.run(model, batch=2, lengths={"short": 5}, beam=2, repeats=1, onnx=stepper)
+    for r in rows:
+        assert math.isfinite(r["onnx"]) and r["onnx"] > 0
+        assert r["onnx vs cache"] == pytest.approx(r["onnx"] / r["cache"])
+    src = torch.randint(4, model.config.src_vocab_size, (2, 5), generator=torch.Generator().manual_seed(0))
+    for method in ("greedy", "beam 2"):
+        np.testing.assert_array_equal(bench.decode(stepper, src.numpy(), method, 2, True).tokens,
+                                      bench.decode(model, src, method, 2, True).tokens)
