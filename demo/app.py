@@ -29,6 +29,7 @@ from vit.rollout import HEAD_FUSIONS
 from .backend import Backend, ModelCard, load_backend
 from .views import (
     VIEWS,
+    ImageFiles,
     Session,
     UploadError,
     ViewSettings,
@@ -104,6 +105,7 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
     """The page for ``backend``; ``translator`` adds the Translate tab of
     :mod:`demo.translate_tab` for that translation model."""
     card = backend.card
+    as_file = ImageFiles()  # images are answered as files: see ImageFiles
     depth, heads = max(card.depth, 1), max(card.num_heads, 1)
     maps = card.has_attention
 
@@ -126,16 +128,16 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
         analysis = session.analysis
         choice = gr.update(choices=analysis.labels, value=analysis.labels[0]) if card.class_specific else \
             gr.update()
-        return (analysis.scores(), session.photo, render(card, session, settings),
-                render_class_map(session, analysis.class_map, settings.opacity), choice, session)
+        return (analysis.scores(), as_file(session.photo), as_file(render(card, session, settings)),
+                as_file(render_class_map(session, analysis.class_map, settings.opacity)), choice, session)
 
     def redraw(session: Session | None, *controls: Any) -> tuple:
         """Redraw the maps with new settings, from the stored attention (no model run)."""
         if session is None:
             return None, None
         settings = _settings(*controls)
-        return (render(card, session, settings),
-                render_class_map(session, session.analysis.class_map, settings.opacity))
+        return (as_file(render(card, session, settings)),
+                as_file(render_class_map(session, session.analysis.class_map, settings.opacity)))
 
     def explain(session: Session | None, label: str | None, opacity: float) -> tuple:
         """The class-specific map for another of the top-5 classes (checkpoints only)."""
@@ -143,7 +145,7 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
             return None, session
         class_map = backend.explain(session.analysis.pixels, card.class_names.index(label))
         session.analysis.class_map = class_map
-        return render_class_map(session, class_map, opacity), session
+        return as_file(render_class_map(session, class_map, opacity)), session
 
     with gr.Blocks(title="ViT image classifier", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
         gr.Markdown("## Vision Transformer image classifier\nUpload, paste or take a picture; the map "

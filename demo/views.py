@@ -6,7 +6,13 @@ Gradio-free except for :class:`UploadError` messages, which the app turns into `
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import os
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,3 +124,49 @@ def render_class_map(session: Session, class_map: np.ndarray | None, opacity: fl
     if class_map is None:
         return None
     return draw_overlay(session.photo, class_map, session.box, opacity=float(opacity))
+
+
+class ImageFiles:
+    """Images an answer hands to Gradio as files. Gradio rewrites the file of an in-memory
+    image in its cache on every answer, so identical answers served at once could send a
+    file being rewritten (a truncated image); a file path is instead copied into the cache
+    once, by a rename. Here every image is written once per content, through a unique
+    temporary file renamed into place, into ``folder`` (under the system's temp folder, which
+    Gradio accepts outputs from); files older than ``keep_seconds`` are removed."""
+
+    def __init__(self, folder: str | Path | None = None, keep_seconds: float = 3600.0) -> None:
+        self.folder = Path(folder) if folder else Path(tempfile.gettempdir()) / "vit-demo-images"
+        self.keep_seconds = keep_seconds
+        self._pruned = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self, image: Image.Image | None) -> str | None:
+        if image is None:
+            return None
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = buffer.getvalue()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+        if path.is_file():
+            os.utime(path)  # in use again: not pruned on the schedule of its first use
+        else:
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".", suffix=".png")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        self._prune()
+        return str(path)
+
+    def _prune(self) -> None:
+        now = time.time()
+        with self._lock:
+            if now - self._pruned < 60:
+                return
+            self._pruned = now
+        for entry in os.scandir(self.folder):
+            try:
+                if now - entry.stat().st_mtime > self.keep_seconds:
+                    os.unlink(entry.path)
+            except OSError:  # removed by another request meanwhile
+                pass

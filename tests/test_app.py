@@ -216,3 +216,26 @@ def test_app_events_have_api_names_and_the_translate_tab(demo_model: dict[str, P
     with_tab = build_app(backend, translator=toy_onnx)
     names = {dep.get("api_name") for dep in with_tab.config["dependencies"]}
     assert {"classify", "translate", "translate_alignment"} <= names
+
+
+def test_identical_concurrent_requests_all_get_whole_images(demo_server: gr.Blocks) -> None:
+    """60 identical requests from 12 clients at once (loopback, bounded): every response's
+    images download whole and decode -- identical outputs must not be rewritten in the
+    cache while another response is being served."""
+    from gradio_client import Client, handle_file
+
+    path = example_images()[0]
+    clients = [Client(demo_server.local_url, verbose=False) for _ in range(12)]
+
+    def request(i: int) -> tuple[int, int, int]:
+        label, original, overlay, *_ = clients[i % 12].predict(handle_file(path), api_name="/classify")
+        sizes = []
+        for image in (original, overlay):
+            with Image.open(image) as img:
+                img.load()  # a truncated file fails here
+                sizes.append(img.size)
+        return len(label["confidences"]), *sizes[1]
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(request, range(60)))
+    assert len(set(results)) == 1 and results[0][1] > 0  # every answer whole and the same

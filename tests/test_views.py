@@ -80,3 +80,25 @@ def test_views_clamp_layer_and_head_and_draw_nothing_without_attention(demo_mode
     assert render_class_map(session, None, 0.5) is None
     class_map = render_class_map(session, np.eye(4), 1.0)
     assert class_map.size == session.photo.size
+
+
+def test_image_files_are_written_once_per_content_and_pruned(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from PIL import Image
+
+    from demo.views import ImageFiles
+
+    files = ImageFiles(tmp_path / "img", keep_seconds=3600)
+    red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
+    a, b, again = files(red), files(blue), files(red.copy())
+    assert a == again != b and files(None) is None
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == sorted({Path(a).name, Path(b).name})
+    with Image.open(a) as img:
+        assert img.getpixel((0, 0)) == (255, 0, 0)
+    old = time.time() - 7200
+    os.utime(b, (old, old))
+    files._pruned = 0.0  # the next call may prune again
+    files(red)
+    assert Path(a).is_file() and not Path(b).exists()
