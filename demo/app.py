@@ -109,8 +109,12 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
     depth, heads = max(card.depth, 1), max(card.num_heads, 1)
     maps = card.has_attention
 
-    def classify(upload: Any, *controls: Any) -> tuple:
-        """Classify an image: top-5 classes, the photo, and the chosen attention map."""
+    def classify(image: Any, view: str, head_fusion: str, discard_ratio: float, start_layer: int,
+                 layer: int, head: str, opacity: float) -> tuple:
+        """Classify an image: top-5 classes, the photo, and the chosen attention map (the
+        page's event; scripts use /predict and /predict_batch)."""
+        upload = image
+        controls = (view, head_fusion, discard_ratio, start_layer, layer, head, opacity)
         if not upload:
             return None, None, None, None, gr.update(choices=[], value=None), None
         try:
@@ -131,11 +135,12 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
         return (analysis.scores(), as_file(session.photo), as_file(render(card, session, settings)),
                 as_file(render_class_map(session, analysis.class_map, settings.opacity)), choice, session)
 
-    def redraw(session: Session | None, *controls: Any) -> tuple:
+    def redraw(session: Session | None, view: str, head_fusion: str, discard_ratio: float,
+               start_layer: int, layer: int, head: str, opacity: float) -> tuple:
         """Redraw the maps with new settings, from the stored attention (no model run)."""
         if session is None:
             return None, None
-        settings = _settings(*controls)
+        settings = _settings(view, head_fusion, discard_ratio, start_layer, layer, head, opacity)
         return (as_file(render(card, session, settings)),
                 as_file(render_class_map(session, session.analysis.class_map, settings.opacity)))
 
@@ -201,7 +206,52 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
               api_name="redraw", show_progress="hidden", trigger_mode="always_last")
         class_choice.input(explain, [session, class_choice, opacity], [class_overlay, session],
                            api_name="explain")
+
+        def predict(image: gr.FileData, top_k: int = 5) -> dict:
+            """Classify one image: {"name": its file name, "predictions": [{"label": ..., "score": ...},
+            ...]}, best first."""
+            try:
+                return classify_upload(backend, image, top_k)
+            except UploadError as exc:
+                raise gr.Error(str(exc)) from exc
+
+        def predict_batch(images: list[gr.FileData], top_k: int = 5) -> list[dict]:
+            """Classify several images: one {"name", "predictions"} each, in order; an image that
+            cannot be read gets {"name", "error"} instead."""
+            results = []
+            for image in images:
+                try:
+                    results.append(classify_upload(backend, image, top_k))
+                except UploadError as exc:
+                    results.append({"name": _upload_name(image), "error": str(exc)})
+            return results
+
+        gr.api(predict, api_name="predict")
+        gr.api(predict_batch, api_name="predict_batch")
     return app
+
+
+def _payload(upload: Any) -> Any:
+    """A Gradio ``FileData`` object as the dict :func:`open_upload` reads; anything else as is."""
+    if hasattr(upload, "path") and not isinstance(upload, (str, Path)):
+        return {"path": upload.path, "orig_name": getattr(upload, "orig_name", None)}
+    return upload
+
+
+def _upload_name(upload: Any) -> str:
+    upload = _payload(upload)
+    name = (upload.get("orig_name") or upload.get("path")) if isinstance(upload, dict) else upload
+    return Path(str(name)).name if name else ""
+
+
+def classify_upload(backend: Backend, upload: Any, top_k: int = 5) -> dict[str, Any]:
+    """An uploaded image (a Gradio file payload) -> {"name", "predictions": [{"label", "score"}]}
+    with at most ``top_k`` classes (clamped to 1..the number of classes)."""
+    k = min(max(int(top_k), 1), len(backend.card.class_names))
+    analysis = backend.analyze(open_upload(_payload(upload)), top_k=k)
+    predictions = [{"label": label, "score": float(score)}
+                   for label, score in zip(analysis.labels, analysis.probs, strict=True)]
+    return {"name": _upload_name(upload), "predictions": predictions}
 
 
 def launch_options(host: str = "127.0.0.1", port: int | None = None, share: bool = False) -> dict[str, Any]:

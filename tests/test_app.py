@@ -239,3 +239,31 @@ def test_identical_concurrent_requests_all_get_whole_images(demo_server: gr.Bloc
     with ThreadPoolExecutor(max_workers=12) as pool:
         results = list(pool.map(request, range(60)))
     assert len(set(results)) == 1 and results[0][1] > 0  # every answer whole and the same
+
+
+def test_predict_endpoints_take_named_files_and_return_plain_data(demo_server: gr.Blocks,
+                                                                  tmp_path: Path) -> None:
+    """/predict and /predict_batch: named parameters, plain JSON-able answers in the project's
+    prediction shape, a readable error per bad file in a batch and as the message of /predict."""
+    from gradio_client import Client, handle_file
+
+    client = Client(demo_server.local_url, verbose=False)
+    info = client.view_api(return_format="dict")["named_endpoints"]
+    assert [p["parameter_name"] for p in info["/predict"]["parameters"]] == ["image", "top_k"]
+    assert [p["parameter_name"] for p in info["/predict_batch"]["parameters"]] == ["images", "top_k"]
+    assert [p["parameter_name"] for p in info["/classify"]["parameters"]] == [
+        "image", "view", "head_fusion", "discard_ratio", "start_layer", "layer", "head", "opacity"]
+    path = example_images()[0]
+    one = client.predict(image=handle_file(path), top_k=2, api_name="/predict")
+    assert one["name"] == Path(path).name and len(one["predictions"]) == 2
+    assert one["predictions"][0]["label"] in CLASSES and 0 < one["predictions"][0]["score"] <= 1
+    assert one["predictions"][0]["score"] >= one["predictions"][1]["score"]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    many = client.predict(images=[handle_file(path), handle_file(str(bad))], top_k=99,
+                          api_name="/predict_batch")
+    assert many[0]["predictions"] == client.predict(image=handle_file(path), top_k=3, api_name="/predict")[
+        "predictions"]  # top_k clamped to the 3 classes
+    assert many[1]["name"] == "broken.png" and "broken.png" in many[1]["error"]
+    with pytest.raises(Exception, match="broken.png"):
+        client.predict(image=handle_file(str(bad)), api_name="/predict")
