@@ -130,8 +130,7 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
             gr.Warning("This model file has no attention output: export it with --attention for maps.")
         settings = _settings(*controls)
         analysis = session.analysis
-        choice = gr.update(choices=analysis.labels, value=analysis.labels[0]) if card.class_specific else \
-            gr.update()
+        choice = gr.update(value=analysis.labels[0]) if card.class_specific else gr.update()
         return (analysis.scores(), as_file(session.photo), as_file(render(card, session, settings)),
                 as_file(render_class_map(session, analysis.class_map, settings.opacity)), choice, session)
 
@@ -145,7 +144,7 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
                 as_file(render_class_map(session, session.analysis.class_map, settings.opacity)))
 
     def explain(session: Session | None, label: str | None, opacity: float) -> tuple:
-        """The class-specific map for another of the top-5 classes (checkpoints only)."""
+        """The class-specific map for any class of the model (checkpoints only, for now)."""
         if session is None or not label or label not in card.class_names:
             return None, session
         class_map = backend.explain(session.analysis.pixels, card.class_names.index(label))
@@ -176,7 +175,8 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
                                                  format="png", interactive=False,
                                                  visible=card.class_specific, elem_id="class-overlay")
                     class_choice = gr.Dropdown(label="Class to explain (gradient-weighted rollout)",
-                                               choices=[], visible=card.class_specific, interactive=True)
+                                               choices=list(card.class_names), value=None,
+                                               visible=card.class_specific, interactive=True)
                     with gr.Accordion("Map settings", open=True):
                         view = gr.Radio(list(VIEWS), value=VIEWS[0], label="Map", interactive=maps)
                         with gr.Row():

@@ -267,3 +267,13 @@ def test_predict_endpoints_take_named_files_and_return_plain_data(demo_server: g
     assert many[1]["name"] == "broken.png" and "broken.png" in many[1]["error"]
     with pytest.raises(Exception, match="broken.png"):
         client.predict(image=handle_file(str(bad)), api_name="/predict")
+
+
+def test_explain_accepts_every_class_of_the_model(demo_server: gr.Blocks) -> None:
+    """The class picker offers every class from the start, so /explain takes any class name
+    through the API (before: 'Value: ... is not in the list of choices: []')."""
+    from gradio_client import Client
+
+    client = Client(demo_server.local_url, verbose=False)
+    for name in CLASSES:
+        assert client.predict(name, 0.5, api_name="/explain") is None  # no image analysed yet: no map
