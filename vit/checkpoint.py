@@ -120,15 +120,15 @@ def average_checkpoints(paths: Sequence[str | Path]) -> tuple[str, torch.nn.Modu
     if not paths:
         raise ValueError("no checkpoints to average")
     kind = checkpoint_kind(paths[-1])
-    _, record = read_checkpoint(paths[-1], key=kind)
+    last_state, record = read_checkpoint(paths[-1], key=kind)
     if kind == SEQ2SEQ_KEY:
         model: torch.nn.Module = Seq2Seq(Seq2SeqConfig(**record["config"]))
     else:
         model = ViT(ViTConfig(**record["config"]))
     template = model.state_dict()
     states = []
-    for path in paths:
-        state, own = read_checkpoint(path, key=kind)
+    for i, path in enumerate(paths):
+        state, own = (last_state, record) if i == len(paths) - 1 else read_checkpoint(path, key=kind)
         if own is None:
             raise ValueError(f"{path}: not a {kind} checkpoint like {paths[-1]}")
         if kind == SEQ2SEQ_KEY:  # today's names, shared matrices under each of their names
