@@ -67,7 +67,29 @@ def test_conv_stem_tokens_and_resizing() -> None:
     torch.testing.assert_close(model(x48, return_attention=True)[1][0], before)
 
 
+@pytest.mark.parametrize("pool,centred", [(4, True), (3, False)])
+def test_conv_stem_pool_4_centres_tokens_on_their_patches(pool: int, centred: bool) -> None:
+    """With mirror-symmetric kernels, a stem whose tokens sit on their patch centres commutes
+    with flipping the image; CCT's 3x3 pool shifts the grid up-left, so it does not."""
+    torch.manual_seed(0)
+    stem = ViT(ViTConfig(image_size=32, patch_size=4, stem="conv", stem_width=8, dim=16, depth=1,
+                         num_heads=2, num_classes=3, class_token=False, global_pool="avg",
+                         stem_pool=pool)).patch_embed
+    with torch.no_grad():
+        for m in stem.convs:
+            if isinstance(m, torch.nn.Conv2d):  # symmetric under up-down and left-right flips
+                m.weight.copy_(m.weight + m.weight.flip(2) + m.weight.flip(3) + m.weight.flip(2, 3))
+    x = torch.randn(2, 3, 32, 32)
+    tokens, grid = stem(x)
+    flipped, _ = stem(x.flip(2, 3))
+    as_grid = tokens.reshape(2, *grid, -1)  # (B, Gh, Gw, D)
+    same = torch.allclose(flipped.reshape(2, *grid, -1), as_grid.flip(1, 2), atol=1e-5)
+    assert same == centred
+
+
 def test_conv_stem_config_errors() -> None:
+    with pytest.raises(ConfigError, match="stem_pool must be 3 or 4"):
+        ViTConfig(stem="conv", stem_pool=2)
     with pytest.raises(ConfigError, match="stem must be 'patch' or 'conv'"):
         ViTConfig(stem="resnet")
     with pytest.raises(ConfigError, match="power-of-two patch_size"):

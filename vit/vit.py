@@ -45,6 +45,10 @@ class ViTConfig:
     dynamic_img_pad: bool = False  # pad images whose size is not a multiple of patch_size
     stem: str = "patch"  # "patch" (one p x p strided conv, as timm) or "conv" (see ConvStem)
     stem_width: int = 64  # channels of the conv stem's inner stages
+    # max-pool window of the conv stem: 4 centres every token on its p x p patch; 3 (CCT's
+    # choice, the default so that earlier checkpoints load unchanged) shifts the token grid
+    # up-left by (p - 1)/2 pixels and biases attention towards the bottom and right edges
+    stem_pool: int = 3
 
     def __post_init__(self) -> None:
         if isinstance(self.image_size, list):
@@ -67,6 +71,8 @@ class ViTConfig:
             raise ConfigError(
                 f"ViTConfig.stem='conv' needs a power-of-two patch_size >= 2, got {self.patch_size}"
             )
+        if self.stem_pool not in (3, 4):
+            raise ConfigError(f"ViTConfig.stem_pool must be 3 or 4, got {self.stem_pool}")
         if self.global_pool not in ("token", "avg"):
             raise ConfigError(f"ViTConfig.global_pool must be 'token' or 'avg', got {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
@@ -142,11 +148,17 @@ class PatchEmbed(nn.Module):
 
 class ConvStem(nn.Module):
     """Convolutional tokenizer (Hassani et al. 2021, "Escaping the Big Data Paradigm with
-    Compact Transformers"): log2(p) stages of 3x3 conv -> ReLU -> 3x3 max-pool with stride 2,
+    Compact Transformers"): log2(p) stages of 3x3 conv -> ReLU -> k x k max-pool with stride 2,
     so that it yields the same Gh x Gw token grid as p x p patches, from overlapping,
-    locally mixed pixels. Learns far faster than patches on small datasets."""
+    locally mixed pixels. Learns far faster than patches on small datasets.
 
-    def __init__(self, patch_size: int, in_channels: int, dim: int, width: int = 64) -> None:
+    ``pool=4`` (windows [2i-1, 2i+2], centred on 2i + 0.5) keeps each token centred on its
+    patch, as a p x p patch is. ``pool=3`` (CCT's windows [2i-1, 2i+1]) centres token i on
+    pixel p*i instead of p*i + (p-1)/2, so the bottom and right tokens see more of the image
+    than the top and left ones; models trained with it attend to the bottom edge whatever
+    the image (benchmarks/README.md, "Edge bias of the conv tokenizer")."""
+
+    def __init__(self, patch_size: int, in_channels: int, dim: int, width: int = 64, pool: int = 3) -> None:
         super().__init__()
         self.in_channels = in_channels
         stages = patch_size.bit_length() - 1
@@ -154,7 +166,7 @@ class ConvStem(nn.Module):
         layers: list[nn.Module] = []
         for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.ReLU(),
-                       nn.MaxPool2d(3, stride=2, padding=1)]
+                       nn.MaxPool2d(pool, stride=2, padding=1, ceil_mode=pool == 4)]
         self.convs = nn.Sequential(*layers)
         for m in self.convs:
             if isinstance(m, nn.Conv2d):
@@ -193,7 +205,8 @@ class ViT(nn.Module):
         self.grid_size = cfg.grid_size
         self.num_prefix_tokens = cfg.num_prefix_tokens
         if cfg.stem == "conv":
-            self.patch_embed: nn.Module = ConvStem(cfg.patch_size, cfg.in_channels, cfg.dim, cfg.stem_width)
+            self.patch_embed: nn.Module = ConvStem(cfg.patch_size, cfg.in_channels, cfg.dim, cfg.stem_width,
+                                                      cfg.stem_pool)
         else:
             self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.dim, pad=cfg.dynamic_img_pad)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.class_token else None
