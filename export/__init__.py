@@ -1,8 +1,9 @@
 """ONNX export (needs torch) and torch-free ONNX serving.
 
-Imports are lazy: ``from export import OnnxClassifier`` loads onnxruntime, PIL and numpy
-only; the exporters (``export.vit_onnx``, ``export.vit_export``, ``export.seq2seq_onnx``) and
-the PyTorch translator back end are the only parts that import torch.
+Imports are lazy: ``from export import OnnxClassifier`` loads PIL, numpy, onnx and the
+serving runtime (onnxruntime or OpenVINO) only; the exporters (``export.vit_onnx``,
+``export.vit_export``, ``export.seq2seq_onnx``) and the PyTorch translator back end are the
+only parts that import torch.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ _EXPORTS = {
     "OnnxClassifier": "onnx_classifier",
     "Prediction": "onnx_classifier",
     "ModelInfo": "onnx_classifier",
+    "open_backend": "backends",
+    "run_gate": "gate",
+    "write_gate": "gate",
     "ModelMetadata": "metadata",
     "read_metadata": "metadata",
     "ImageLoadError": "images",

@@ -38,7 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     image.add_argument("--quantize", choices=["int8"], help="also write <output>.int8.onnx (dynamic int8)")
     image.add_argument("--fp16", action="store_true", help="also write <output>.fp16.onnx (for GPU)")
     image.add_argument("--verify-images", type=Path,
-                       help="image folder (ImageFolder for accuracy) to verify on")
+                       help="image folder (ImageFolder for accuracy) to verify on; also runs the parity "
+                            "gate of every backend/precision here (python -m export.gate)")
+    image.add_argument("--no-gate", dest="gate", action="store_false",
+                       help="verify against PyTorch only, without the parity gate")
     text = p.add_argument_group("translators")
     text.add_argument("--verify-text", type=Path,
                       help="source sentences (one a line, .gz allowed) to check ONNX = PyTorch on")
@@ -52,14 +55,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _export_vit(args: argparse.Namespace) -> int:
+    from .gate import format_gate
     from .vit_export import ExportOptions, export_checkpoint
 
     options = ExportOptions(return_attention=args.attention, optimize=args.optimize, quantize=args.quantize,
                             fp16=args.fp16, verify_images=args.verify_images,
-                            num_verify=args.num_verify or 256, opset=args.opset)
+                            num_verify=args.num_verify or 256, opset=args.opset, gate=args.gate)
     result = export_checkpoint(args.checkpoint, args.output, options)
     for report in result.reports:
         print(report.line())
+    if result.gate is not None:
+        print(format_gate(result.gate, _auto_choice(result.gate)))
     if result.fused_ops:
         print("fused operators: " + ", ".join(f"{k} {v}" for k, v in sorted(result.fused_ops.items())))
     for note in result.notes:
@@ -70,6 +76,14 @@ def _export_vit(args: argparse.Namespace) -> int:
     for variant, path in result.files.items():
         print(f"wrote {path} ({variant}, {path.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def _auto_choice(record: dict) -> str:
+    from .backends import availability, choose, verdicts
+
+    available, missing = availability()
+    pick = choose("auto", "auto", available=available, missing=missing, passed=verdicts(record))
+    return f"{pick.backend} {pick.precision}"
 
 
 def _export_seq2seq(args: argparse.Namespace) -> int:

@@ -14,6 +14,8 @@ under a ``vit.``-prefixed key, so any ONNX tool can show it and any language can
     vit.source           {"checkpoint": path, "exported_at": ISO date, "record_source": str}
     vit.val_acc          float or null
     vit.variant          "fp32", "fp32-optimized", "int8", "fp16"
+    vit.gate             null, or the parity gate's record (export/gate.py): per backend and
+                         precision its agreement with onnxruntime fp32 and whether it passed
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class ModelMetadata:
     source: dict[str, Any] = field(default_factory=dict)
     val_acc: float | None = None
     variant: str = "fp32"
+    gate: dict[str, Any] | None = None
     format: int = FORMAT_VERSION
 
     def to_props(self) -> dict[str, str]:

@@ -1,17 +1,22 @@
-"""Torch-free image classification with an exported ONNX file (onnxruntime + PIL + numpy).
+"""Torch-free image classification with an exported ONNX file (PIL + numpy, and onnxruntime or
+OpenVINO to run the graph).
 
-    clf = OnnxClassifier("model.onnx")
+    clf = OnnxClassifier("model.onnx")            # backend="auto", precision="auto"
+    clf.backend, clf.precision                    # what runs: e.g. "openvino", "bf16"
     [pred] = clf.predict("cat.jpg", top_k=3)
     pred.labels, pred.scores         # ["cat", "dog", "deer"], [0.91, 0.05, 0.01]
     pred.to_dict()     # {"path": "cat.jpg", "predictions": [{"label": "cat", "score": 0.91}, ...]}
+    clf.predict("cat.jpg", return_attention=True)[0].attention   # (L, H, N, N), files with it
 
     for pred in clf.predict_iter(["photos/", "more/*.jpg"], errors="record"):  # lazily, as vit-predict
         print(pred.to_dict())        # a file that cannot be read: {"path": ..., "error": ...}
 
 Paths may be files, folders (searched recursively) and glob patterns, as for ``vit-predict``.
 Images are preprocessed exactly as in validation (:func:`vit.preprocess.preprocess_image`
-with the :class:`~vit.preprocess.Preprocess` stored in the file). Shape letters: B batch,
-L layers, H heads, N tokens, K classes.
+with the :class:`~vit.preprocess.Preprocess` stored in the file), normalized as one batch.
+The backend and precision are chosen by :func:`export.backends.open_backend` (``auto``: the
+fastest that passed the file's parity gate on this machine). Labels alone never compute or
+copy the attention output. Shape letters: B batch, L layers, H heads, N tokens, K classes.
 """
 
 from __future__ import annotations
@@ -23,29 +28,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
-from vit.preprocess import Preprocess, preprocess_image
+from vit.preprocess import Preprocess, normalize, resize_and_crop, to_rgb
 
+from .backends import Runner, open_backend
 from .images import ImageLoadError, Missing, find_images, load_image
 from .metadata import ModelMetadata
+from .providers import PROVIDER_ALIASES, Provider, resolve_providers
 
 logger = logging.getLogger(__name__)
 
 ImageInput = Image.Image | np.ndarray | str | Path
 ERROR_MODES = ("raise", "record")
-
-PROVIDER_ALIASES = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "gpu": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-    "trt": "TensorrtExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
-    "coreml": "CoreMLExecutionProvider",
-    "directml": "DmlExecutionProvider",
-}
+__all__ = ["OnnxClassifier", "Prediction", "ModelInfo", "resolve_providers", "PROVIDER_ALIASES", "softmax"]
 
 
 @dataclass
@@ -105,115 +101,130 @@ class ModelInfo:
         )
 
 
-def resolve_providers(requested: str | Sequence[str] | None) -> list[str]:
-    """Execution providers to ask onnxruntime for, CPU last as the fallback.
-
-    Accepts short names (``cpu``, ``cuda``, ``tensorrt``) or onnxruntime's names. A provider
-    this onnxruntime build lacks is dropped with a warning.
-    """
-    if requested is None:
-        return ["CPUExecutionProvider"]
-    names = [requested] if isinstance(requested, str) else list(requested)
-    available = ort.get_available_providers()
-    chosen: list[str] = []
-    for name in names:
-        full = PROVIDER_ALIASES.get(name.lower(), name)
-        if full not in available:
-            logger.warning("execution provider %s is not available in this onnxruntime (has: %s); "
-                           "falling back to CPU", name, ", ".join(available))
-        elif full not in chosen:
-            chosen.append(full)
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
-
-
 class OnnxClassifier:
-    """An exported ViT: preprocessing, batched inference and top-k decoding, without torch."""
+    """An exported ViT: preprocessing, batched inference and top-k decoding, without torch.
+
+    ``backend``: ``auto``, ``onnxruntime`` or ``openvino``; ``precision``: ``auto``, ``fp32``,
+    ``bf16`` or ``fp16`` (see :mod:`export.backends`). ``providers`` are onnxruntime's
+    (``cpu``, ``cuda``, ``cuda:1``, ``tensorrt``, or ``(name, options)`` pairs; see
+    :func:`export.providers.resolve_providers`); ``intra_op_threads`` caps either runtime's
+    threads; ``io_binding`` (default: on with a GPU provider) and ``cache_dir`` (TensorRT's
+    engines) apply to onnxruntime.
+    """
 
     def __init__(
         self,
         path: str | Path,
-        providers: str | Sequence[str] | None = None,
+        providers: str | Sequence[str | Provider] | None = None,
         *,
+        backend: str = "auto",
+        precision: str = "auto",
         intra_op_threads: int | None = None,
+        io_binding: bool | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such ONNX model file")
-        options = ort.SessionOptions()
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        wanted = resolve_providers(providers)
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=wanted)
-        except Exception as exc:  # onnxruntime raises its own classes for bad protobufs/graphs
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise ValueError(f"{self.path}: not a loadable ONNX model ({reason})") from exc
-        active = self.session.get_providers()
-        for name in wanted[:-1]:
-            if name not in active:
-                logger.warning("%s could not start %s (no device?); running on %s",
-                               self.path, name, ", ".join(active))
-        props = self.session.get_modelmeta().custom_metadata_map
-        meta = ModelMetadata.from_props(props, where=str(self.path))  # missing keys, bad JSON: ValueError
+        meta = _read_metadata(self.path)
         try:
             self.info = ModelInfo.from_metadata(meta)
         except (TypeError, ValueError, KeyError, IndexError) as exc:
             raise ValueError(f"{self.path}: malformed ONNX metadata ({exc})") from exc
-        model_input = self.session.get_inputs()[0]
-        self._input_name = model_input.name
-        self._input_dtype = np.float16 if model_input.type == "tensor(float16)" else np.float32
-        self._output_names = [o.name for o in self.session.get_outputs()]
+        self.gate = meta.gate
+        h, w = self.info.input_size
+        self.runner: Runner = open_backend(  # a graph neither runtime loads: ValueError
+            self.path, backend=backend, precision=precision, providers=providers,
+            threads=intra_op_threads, gate=meta.gate, variant=meta.variant,
+            input_shape=("images", (3, h, w)), io_binding=io_binding, cache_dir=cache_dir)
+        self._output_names = list(self.runner.output_names)
         self._check_outputs()
+        logger.info("%s: serving with %s", self.path, self.runtime)
 
     def _check_outputs(self) -> None:
         """The graph's outputs are what the metadata says: a ``logits`` output with one
         column per class name."""
-        outputs = {o.name: o for o in self.session.get_outputs()}
-        if "logits" not in outputs:
-            raise ValueError(f"{self.path}: the model has no 'logits' output (has: {', '.join(outputs)})")
-        if self.info.has_attention and "attention" not in outputs:
+        shapes = self.runner.output_shapes
+        if "logits" not in shapes:
+            raise ValueError(f"{self.path}: the model has no 'logits' output (has: {', '.join(shapes)})")
+        if self.info.has_attention and "attention" not in shapes:
             raise ValueError(f"{self.path}: vit.outputs lists 'attention' but the model has no such output")
-        shape = outputs["logits"].shape
-        width = shape[-1] if shape else None
+        width = shapes["logits"][-1] if shapes["logits"] else None
         if isinstance(width, int) and width != len(self.info.class_names):
             raise ValueError(f"{self.path}: ONNX metadata does not match the model: "
                              f"vit.class_names has {len(self.info.class_names)} names for {width} logits")
 
     @property
+    def backend(self) -> str:
+        """The runtime serving the file: ``onnxruntime`` or ``openvino``."""
+        return self.runner.backend
+
+    @property
+    def precision(self) -> str:
+        """What it computes in: ``fp32``, ``bf16``, ``fp16`` (or the file's ``int8``)."""
+        return self.runner.precision
+
+    @property
     def providers(self) -> list[str]:
-        return self.session.get_providers()
+        """onnxruntime's active providers (OpenVINO: ``["OpenVINO CPU"]``)."""
+        return self.runner.providers
+
+    @property
+    def runtime(self) -> str:
+        """One line for people: e.g. ``OpenVINO 2026.4.1 (CPU, bf16)``."""
+        return self.runner.description
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._output_names)
 
     def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Images -> float32 (B, 3, H, W), as validation preprocesses them."""
-        spec = self.info.preprocess
-        return np.stack([preprocess_image(_as_pil(img), spec) for img in _as_list(images)])
+        return normalize(np.stack([self._crop(img) for img in _as_list(images)]), self.info.preprocess)
 
-    def predict_batch(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run preprocessed (B, 3, H, W) input; returns every model output by name:
+    def _crop(self, image: ImageInput) -> np.ndarray:
+        """One image -> uint8 (crop, crop, 3) RGB, resized and center-cropped. An RGB array
+        whose shorter side already has the resize length is cropped in numpy (what PIL would
+        do to it, without the round trip)."""
+        spec = self.info.preprocess
+        if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 \
+                and image.shape[2] == 3 and min(image.shape[:2]) == spec.resize_size:
+            h, w, c = *image.shape[:2], spec.crop_size
+            top, left = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
+            return image[top:top + c, left:left + c]
+        return np.asarray(resize_and_crop(to_rgb(_as_pil(image)), spec))
+
+    def predict_batch(self, batch: np.ndarray, outputs: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Run preprocessed (B, 3, H, W) input; returns the model outputs by name, float32:
         ``logits`` (B, K) and, for files exported with ``--attention``, ``attention``
-        (B, L, H, N, N)."""
+        (B, L, H, N, N). ``outputs``: only these (default: every output of the file); what is
+        not asked for is neither computed (where the runtime can skip it) nor copied."""
         h, w = self.info.input_size
         if batch.ndim != 4 or batch.shape[1:] != (3, h, w):
             raise ValueError(f"expected a (B, 3, {h}, {w}) batch, got {tuple(batch.shape)}")
-        outputs = self.session.run(None, {self._input_name: batch.astype(self._input_dtype, copy=False)})
-        named = zip(self._output_names, outputs, strict=True)
-        return {name: np.asarray(out, dtype=np.float32) for name, out in named}
+        names = self._output_names if outputs is None else list(outputs)
+        unknown = [n for n in names if n not in self._output_names]
+        if unknown or not names:
+            raise ValueError(f"outputs: {', '.join(map(repr, unknown)) or 'none'} asked for; "
+                             f"{self.path} has {', '.join(self._output_names)}")
+        return self.runner.run(batch, names)
 
     def predict(
         self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, *, batch_size: int = 64,
-        errors: str = "raise",
+        errors: str = "raise", return_attention: bool = False,
     ) -> list[Prediction]:
         """Classify PIL images, uint8 HWC RGB arrays, image files, folders (recursively) and
         glob patterns; one :class:`Prediction` per image, in order. ``errors="record"`` gives a
         file that cannot be read (or a path that names no image) a Prediction with ``error``
-        set instead of raising. :meth:`predict_iter` yields the same one batch at a time."""
-        return list(self.predict_iter(images, top_k, batch_size=batch_size, errors=errors))
+        set instead of raising. ``return_attention``: also fill ``Prediction.attention``
+        (files exported with ``--attention``); otherwise it is neither computed nor copied.
+        :meth:`predict_iter` yields the same one batch at a time."""
+        return list(self.predict_iter(images, top_k, batch_size=batch_size, errors=errors,
+                                      return_attention=return_attention))
 
     def predict_iter(
         self, images: ImageInput | Iterable[ImageInput], top_k: int = 5, *, batch_size: int = 64,
-        errors: str = "raise",
+        errors: str = "raise", return_attention: bool = False,
     ) -> Iterator[Prediction]:
         """:meth:`predict`, lazily: paths are expanded and images read one batch at a time,
         so a folder of any size holds at most ``batch_size`` images in memory."""
@@ -221,18 +232,23 @@ class OnnxClassifier:
             raise ValueError(f"errors must be one of {', '.join(ERROR_MODES)}, got {errors!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if return_attention and not self.info.has_attention:
+            raise ValueError(f"return_attention: {self.path} has no attention output "
+                             "(export it with vit-export --attention)")
+        outputs = ["logits", "attention"] if return_attention else ["logits"]
         chunk: list[ImageInput | Missing] = []
         for item in _expand(images):
             chunk.append(item)
             if len(chunk) == batch_size:
-                yield from self._predict_chunk(chunk, top_k, errors)
+                yield from self._predict_chunk(chunk, top_k, errors, outputs)
                 chunk = []
         if chunk:
-            yield from self._predict_chunk(chunk, top_k, errors)
+            yield from self._predict_chunk(chunk, top_k, errors, outputs)
 
-    def _predict_chunk(self, chunk: list[ImageInput | Missing], top_k: int, errors: str) -> list[Prediction]:
+    def _predict_chunk(self, chunk: list[ImageInput | Missing], top_k: int, errors: str,
+                       outputs: list[str]) -> list[Prediction]:
         results: list[Prediction | None] = []
-        arrays: list[np.ndarray] = []
+        crops: list[np.ndarray] = []
         paths: list[str | None] = []
         for item in chunk:
             path = item.arg if isinstance(item, Missing) else None
@@ -240,7 +256,7 @@ class OnnxClassifier:
             try:
                 if isinstance(item, Missing):
                     raise FileNotFoundError(item.message)
-                arrays.append(preprocess_image(_as_pil(item), self.info.preprocess)[None])  # (1, 3, H, W)
+                crops.append(self._crop(item))  # (crop, crop, 3) uint8
             except (ImageLoadError, OSError, ValueError) as exc:  # ImageLoadError: a bad file
                 if errors == "raise":
                     raise
@@ -249,8 +265,9 @@ class OnnxClassifier:
                 continue
             results.append(None)
             paths.append(path)
-        if arrays:
-            decoded = iter(self.decode(self.predict_batch(np.concatenate(arrays)), top_k))
+        if crops:
+            batch = normalize(np.stack(crops), self.info.preprocess)  # (B, 3, H, W), one pass
+            decoded = iter(self.decode(self.predict_batch(batch, outputs), top_k))
             for i, slot in enumerate(results):
                 if slot is None:
                     results[i] = next(decoded)
@@ -322,3 +339,18 @@ def _as_pil(image: ImageInput) -> Image.Image:
             )
         return Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     raise TypeError(f"cannot classify a {type(image).__name__}; pass a PIL image, a uint8 array or a path")
+
+
+def _read_metadata(path: Path) -> ModelMetadata:
+    """The file's ``vit.*`` metadata, read with ``onnx`` (whichever runtime serves it)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises its own DecodeError family
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ValueError(f"{path}: not a loadable ONNX model ({reason})") from exc
+    if not model.graph.node:
+        raise ValueError(f"{path}: not a loadable ONNX model (no graph)")
+    props = {p.key: p.value for p in model.metadata_props}
+    return ModelMetadata.from_props(props, where=str(path))  # missing keys, bad JSON: ValueError

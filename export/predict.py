@@ -24,6 +24,7 @@ from typing import IO, Any
 from vit.command import file_mode, parser
 from vit.paths import DEFAULT_CLASSIFIER
 
+from .backends import BACKENDS, PRECISIONS
 from .images import Missing, find_images
 from .onnx_classifier import OnnxClassifier
 
@@ -113,9 +114,14 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"exported .onnx file (default: the shipped {DEFAULT_CLASSIFIER.name})")
     p.add_argument("--top-k", type=int, default=5, help="classes per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per inference call")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+                   help="runtime: auto (the fastest that passed the file's parity gate here), onnxruntime "
+                        "or openvino")
+    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                   help="auto (bf16/fp16 only where the file's parity gate passed), fp32, bf16 or fp16")
     p.add_argument("--provider", action="append",
-                   help="execution provider: cpu (default), cuda, tensorrt or an onnxruntime name; "
-                        "repeat for a preference list")
+                   help="onnxruntime execution provider: cpu (default), cuda, cuda:1, tensorrt or an "
+                        "onnxruntime name; repeat for a preference list")
     p.add_argument("-o", "--output", type=Path,
                    help="write records to a .jsonl or .csv file (default: JSON lines on stdout)")
     return p
@@ -154,8 +160,8 @@ def _classify(args: argparse.Namespace, writer: RecordWriter) -> int:
         return _fail(f"{model} is a training checkpoint; export it first with "
                      f"`vit-export {model} -o model.onnx`, then run vit-predict --model model.onnx")
     try:
-        clf = OnnxClassifier(model, providers=args.provider)
-    except (FileNotFoundError, ValueError) as exc:
+        clf = OnnxClassifier(model, providers=args.provider, backend=args.backend, precision=args.precision)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
         return _fail(str(exc))
     try:
         return _run(clf, args, writer)
@@ -181,15 +187,16 @@ def _run(clf: OnnxClassifier, args: argparse.Namespace, writer: RecordWriter) ->
     writer.commit()
     seconds = time.perf_counter() - start
     print(summary(len(items), failed, len(skipped), seconds, args.output,
-                  empty=all(isinstance(i, Missing) for i in items)), file=sys.stderr)
+                  empty=all(isinstance(i, Missing) for i in items), runtime=clf.runtime), file=sys.stderr)
     return 1 if failed else 0
 
 
 def summary(count: int, failed: int, skipped: int, seconds: float, output: Path | None, *,
-            empty: bool = False) -> str:
-    """The last line of a run: what was done, how fast and where it went."""
+            empty: bool = False, runtime: str | None = None) -> str:
+    """The last line of a run: what was done, how fast, on what and where it went."""
     done = count - failed
     rate = f", {done / seconds:.1f} img/s" if done and seconds > 0 else ""
+    rate += f" on {runtime}" if runtime and done else ""
     parts = [f"{done} image{'s' if done != 1 else ''} classified", f"{failed} failed"]
     parts.append(f"{skipped} non-image file{'s' if skipped != 1 else ''} skipped")
     where = f"; wrote {output}" if output is not None else ""

@@ -9,6 +9,11 @@ the target paths as they were.
 Variants: ``-o model.onnx`` (float32; with ``--optimize`` onnxruntime's fused graph),
 ``--quantize int8`` adds ``model.int8.onnx`` (dynamic int8 of the plain graph, for CPU),
 ``--fp16`` adds ``model.fp16.onnx`` (of the main graph, for GPU).
+
+With real images (``--verify-images`` or the checkpoint's own data folder) the main file
+also passes through the parity gate (:mod:`export.gate`): every other backend and precision
+this machine runs is compared with onnxruntime fp32 on those images, and the verdicts go
+into its ``vit.gate`` metadata, which ``backend="auto"`` reads when serving it.
 """
 
 from __future__ import annotations
@@ -22,11 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from vit.checkpoint import load_vit
-from vit.image_folder import labeled_images
-from vit.preprocess import Preprocess, preprocess_image
 from vit.vit import ViT
 
-from .images import ImageLoadError, load_image
+from .gate import load_images, run_gate
 from .metadata import OPSET, ModelMetadata
 from .verify import TOLERANCES, ParityReport, Reference, check_parity, torch_reference
 from .vit_onnx import build_metadata, convert_fp16, export_graph, optimize, quantize_int8, write_metadata
@@ -45,6 +48,7 @@ class ExportOptions:
     num_random: int = 16
     opset: int = OPSET
     seed: int = 0
+    gate: bool = True  # gate the main file on the real images, if any (export/gate.py)
 
 
 @dataclass
@@ -55,6 +59,7 @@ class ExportResult:
     reports: list[ParityReport] = field(default_factory=list)
     fused_ops: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    gate: dict | None = None  # the main file's vit.gate record
 
     @property
     def passed(self) -> bool:
@@ -85,6 +90,14 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path,
     staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".tmp"))
     try:
         staged = _build_variants(model, meta, refs, staging, options, result)
+        images = next((ref for ref in refs if ref.name == "images"), None)
+        if result.passed and options.gate and images is not None:
+            main_variant = next(v for v in staged if v.startswith("fp32"))
+            folder = options.verify_images or checkpoint_data_dir(checkpoint)
+            result.gate = run_gate(staged[main_variant], images.inputs, images.labels,
+                                   images=f"images from {folder}")
+            gated = {**_with_variant(meta, main_variant).__dict__, "gate": result.gate}
+            write_metadata(staged[main_variant], ModelMetadata(**gated))
         if result.passed:
             for variant, tmp in staged.items():  # variants first, the main file last
                 target = variant_path(output, variant)
@@ -157,34 +170,11 @@ def _references(model: ViT, meta: ModelMetadata, checkpoint: str | Path,
     refs = [torch_reference(model, random, name="random", return_attention=options.return_attention)]
     folder = options.verify_images or checkpoint_data_dir(checkpoint)
     if folder is not None:
-        images, labels = _load_verify_images(Path(folder), meta, options.num_verify)
+        images, labels = load_images(Path(folder), meta, options.num_verify)
         if len(images):
             refs.append(torch_reference(model, images, name="images",
                                         return_attention=options.return_attention, labels=labels))
     return refs
-
-
-def _load_verify_images(folder: Path, meta: ModelMetadata, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """Up to ``limit`` images spread evenly over ``folder`` (ImageFolder or flat),
-    preprocessed as in validation; labels are indices into the model's classes, -1 if the
-    folder's class is not one of them."""
-    paths, names = labeled_images(folder)
-    if not paths:
-        raise ValueError(f"{folder}: no image files to verify with")
-    keep = np.unique(np.linspace(0, len(paths) - 1, min(limit, len(paths))).round().astype(int))
-    spec = Preprocess(**meta.preprocess)
-    index = {name: i for i, name in enumerate(meta.class_names)}
-    arrays, labels = [], []
-    for i in keep:
-        try:
-            arrays.append(preprocess_image(load_image(paths[i]), spec))
-        except ImageLoadError as exc:
-            logger.warning("skipping %s", exc)
-            continue
-        labels.append(index.get(names[i], -1) if names else -1)
-    if not arrays:
-        raise ValueError(f"{folder}: none of the sampled images could be read")
-    return np.stack(arrays), np.asarray(labels)
 
 
 def checkpoint_data_dir(checkpoint: str | Path) -> Path | None:

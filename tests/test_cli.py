@@ -44,6 +44,12 @@ def test_cli_exports_safetensors_and_reports(tmp_path: Path, tiny_checkpoint: Pa
     text = capsys.readouterr().out
     assert "max|dlogit|=" in text and "images  n=6" in text and f"wrote {out}" in text
     assert read_metadata(out).class_names == record["class_names"]
+    assert f"parity gate on 6 images from {tiny_data} against onnxruntime fp32" in text
+    assert "\n  openvino     fp32" in text and "auto serves this file with " in text
+    assert read_metadata(out).gate["count"] == 6
+    assert cli.main([str(tmp_path / "tiny.safetensors"), "-o", str(out), "--verify-images", str(tiny_data),
+                     "--num-verify", "6", "--no-gate"]) == 0
+    assert "parity gate" not in capsys.readouterr().out and read_metadata(out).gate is None
 
 
 def test_cli_bad_inputs_fail_with_one_line(tmp_path: Path, tiny_checkpoint: Path,

@@ -3,6 +3,7 @@ read back what the exporter wrote; errors name the file and the key."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import onnx
@@ -18,6 +19,8 @@ def test_metadata_reads_back_what_was_written(tiny_onnx: Path, tiny_checkpoint: 
     written = build_metadata(model, record, checkpoint=tiny_checkpoint, return_attention=False)
     read = read_metadata(tiny_onnx)
     assert read.source.pop("exported_at") and written.source.pop("exported_at")
+    assert written.gate is None and read.gate["count"] == 36  # gated on the verify images at export
+    read.gate = None
     assert read == written
     assert read.class_names == record["class_names"] and read.config == record["config"]
     assert read.preprocess == record["preprocess"] and read.val_acc == record["val_acc"]
@@ -27,6 +30,7 @@ def test_metadata_reads_back_what_was_written(tiny_onnx: Path, tiny_checkpoint: 
     # plain JSON under vit.* keys, readable by any ONNX tool
     props = {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
     assert ModelMetadata.from_props(props) == read_metadata(tiny_onnx)
+    assert json.loads(props["vit.gate"])["results"]
 
 
 def test_metadata_errors_name_the_key() -> None:

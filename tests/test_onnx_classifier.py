@@ -25,14 +25,17 @@ def clf(tiny_onnx: Path) -> OnnxClassifier:
     return OnnxClassifier(tiny_onnx)
 
 
-def test_info_describes_the_model(clf: OnnxClassifier) -> None:
+def test_info_describes_the_model(clf: OnnxClassifier, tiny_onnx: Path) -> None:
     info = clf.info
     assert info.class_names == ["circle", "square", "stripes"]
     assert info.preprocess == Preprocess() and info.input_size == (32, 32)
     assert info.grid == (4, 4) and info.num_prefix_tokens == 1 and not info.has_attention
     assert info.config["dim"] == TINY["dim"] and 0.0 <= info.val_acc <= 1.0
     assert info.source["checkpoint"].endswith("tiny.ckpt") and info.variant == "fp32"
-    assert clf.providers == ["CPUExecutionProvider"]
+    assert clf.backend in ("onnxruntime", "openvino") and clf.precision in ("fp32", "bf16")
+    assert clf.gate["reference"] == "onnxruntime fp32"  # vit-export --verify-images gated it
+    ort = OnnxClassifier(tiny_onnx, backend="onnxruntime")
+    assert ort.providers == ["CPUExecutionProvider"] and ort.runtime.startswith("onnxruntime")
 
 
 def test_predict_accepts_pil_arrays_and_paths_alike(clf: OnnxClassifier, tiny_data: Path) -> None:
@@ -120,12 +123,41 @@ def test_predict_batches_agree_with_one_by_one(clf: OnnxClassifier, tiny_data: P
         clf.predict_batch(batch[:, :, :16])
 
 
-def test_attention_model_returns_attention_per_image(tiny_onnx_attention: Path, tiny_data: Path) -> None:
+def test_attention_model_returns_attention_when_asked(tiny_onnx_attention: Path, tiny_data: Path) -> None:
     clf = OnnxClassifier(tiny_onnx_attention)
-    assert clf.info.has_attention
-    preds = clf.predict(sorted(tiny_data.rglob("*.png"))[:2])
+    assert clf.info.has_attention and clf.output_names == ["logits", "attention"]
+    paths = sorted(tiny_data.rglob("*.png"))[:2]
+    preds = clf.predict(paths, return_attention=True)
     assert all(p.attention.shape == (TINY["depth"], TINY["num_heads"], 17, 17) for p in preds)
-    np.testing.assert_allclose(preds[0].attention.sum(-1), 1.0, atol=1e-5)  # rows sum to 1
+    np.testing.assert_allclose(preds[0].attention.sum(-1), 1.0, atol=1e-2)  # rows sum to 1
+    labels_only = clf.predict(paths)
+    assert all(p.attention is None for p in labels_only)
+    assert [p.labels for p in labels_only] == [p.labels for p in preds]
+    batch = clf.preprocess(paths)
+    assert set(clf.predict_batch(batch)) == {"logits", "attention"}  # every output, as before
+    assert set(clf.predict_batch(batch, outputs=["logits"])) == {"logits"}
+    with pytest.raises(ValueError, match=r"outputs: 'weights' asked for; .* has logits, attention"):
+        clf.predict_batch(batch, outputs=["weights"])
+
+
+def test_return_attention_needs_an_attention_output(clf: OnnxClassifier, tiny_data: Path) -> None:
+    with pytest.raises(ValueError, match=r"return_attention: .*model.onnx has no attention output"):
+        clf.predict(sorted(tiny_data.rglob("*.png"))[:1], return_attention=True)
+
+
+def test_batch_preprocessing_equals_validation_preprocessing(clf: OnnxClassifier, tiny_data: Path) -> None:
+    """The batched path (numpy crop of arrays, one normalization per batch) gives exactly
+    what vit.preprocess gives image by image."""
+    from vit.preprocess import preprocess_image
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, hw + (3,), dtype=np.uint8) for hw in ((32, 32), (32, 40), (48, 32))]
+    images = [*arrays, photo((50, 37)), photo().convert("L")]
+    want = np.stack([preprocess_image(img if isinstance(img, Image.Image) else Image.fromarray(img),
+                                      clf.info.preprocess) for img in images])
+    np.testing.assert_array_equal(clf.preprocess(images), want)
+    stacked = np.stack([images[0]] * 3)  # (B, H, W, 3) at once
+    np.testing.assert_array_equal(clf.preprocess(stacked), np.stack([want[0]] * 3))
 
 
 def _saved(image: Image.Image, fmt: str, **kwargs) -> Image.Image:
@@ -189,8 +221,9 @@ def test_corrupt_or_foreign_onnx_files_fail_at_load(tmp_path: Path, tiny_onnx: P
     (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
     (tmp_path / "text.onnx").write_text("not a model")
     for name in ("cut.onnx", "text.onnx"):
-        with pytest.raises(ValueError, match=rf"{name}: not a loadable ONNX model"):
-            OnnxClassifier(tmp_path / name)
+        for backend in ("onnxruntime", "openvino"):
+            with pytest.raises(ValueError, match=rf"{name}: not a loadable ONNX model"):
+                OnnxClassifier(tmp_path / name, backend=backend)
     with pytest.raises(FileNotFoundError, match="missing.onnx: no such ONNX model file"):
         OnnxClassifier(tmp_path / "missing.onnx")
     import onnx
@@ -205,9 +238,15 @@ def test_corrupt_or_foreign_onnx_files_fail_at_load(tmp_path: Path, tiny_onnx: P
 def test_unavailable_provider_falls_back_to_cpu(tiny_onnx: Path, caplog: pytest.LogCaptureFixture) -> None:
     assert resolve_providers(None) == ["CPUExecutionProvider"]
     assert resolve_providers("cpu") == ["CPUExecutionProvider"]
-    clf = OnnxClassifier(tiny_onnx, providers=["NoSuchExecutionProvider"])
+    clf = OnnxClassifier(tiny_onnx, providers=["NoSuchExecutionProvider"], backend="onnxruntime")
     assert clf.providers == ["CPUExecutionProvider"]
     assert "NoSuchExecutionProvider is not available" in caplog.text
+    caplog.clear()
+    clf = OnnxClassifier(tiny_onnx, providers="cuda")  # no GPU here: the CPU's own choice, named
+    assert "cuda (CUDAExecutionProvider) is not available" in caplog.text
+    assert "falling back to the CPU" in caplog.text
+    default = OnnxClassifier(tiny_onnx)
+    assert (clf.backend, clf.precision) == (default.backend, default.precision)
 
 
 def test_serving_path_never_imports_torch(tiny_onnx: Path, tiny_data: Path, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ def test_predict_cli_keeps_going_past_bad_files(tiny_onnx: Path, tiny_data: Path
         assert record["error"].startswith(f"{path}: ") and "predictions" not in record
     assert "no such file" in records[6]["error"]
     assert re.fullmatch(r"vit-predict: 2 images classified, 5 failed, 0 non-image files skipped "
-                        r"in \d+\.\d s, \d+\.\d img/s", err.strip())
+                        r"in \d+\.\d s, \d+\.\d img/s on (onnxruntime|OpenVINO) .+", err.strip())
 
 
 def test_predict_cli_writes_jsonl_and_csv_atomically(tiny_onnx: Path, tiny_data: Path,
@@ -183,3 +183,22 @@ def test_help_shows_defaults_and_version(capsys: pytest.CaptureFixture) -> None:
 def test_bad_arguments_are_refused(tiny_onnx: Path, tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
     assert predict.main(["--model", str(tiny_onnx), "--top-k", "0", str(tiny_data)]) == 2
     assert "--top-k and --batch-size must be at least 1" in capsys.readouterr().err
+
+
+def test_backend_and_precision_choose_the_runtime(tiny_onnx: Path, tiny_data: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    image = str(sorted(tiny_data.rglob("*.png"))[0])
+    records = {}
+    for backend in ("onnxruntime", "openvino"):
+        args = ["--model", str(tiny_onnx), "--backend", backend, "--precision", "fp32", image]
+        assert predict.main(args) == 0
+        out, err = capsys.readouterr()
+        records[backend] = json.loads(out)
+        assert re.search(rf"img/s on {'OpenVINO' if backend == 'openvino' else 'onnxruntime'} \S+ "
+                         r"\((CPU|CPUExecutionProvider), fp32\)$", err.strip())
+    assert [p["label"] for p in records["openvino"]["predictions"]] == \
+        [p["label"] for p in records["onnxruntime"]["predictions"]]
+    assert predict.main(["--model", str(tiny_onnx), "--backend", "onnxruntime", "--precision", "bf16",
+                         image]) == 2
+    assert capsys.readouterr().err.startswith(f"vit-predict: {tiny_onnx}: precision bf16 is not available "
+                                              "on onnxruntime on this machine (available: ")

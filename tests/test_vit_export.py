@@ -58,6 +58,12 @@ def test_optimized_int8_and_fp16_variants(variants: tuple[Path, vit_export.Expor
     assert abs(int8.accuracy - int8.reference_accuracy) <= 0.05
     ops = {n.op_type for n in onnx.load(str(result.files["int8"])).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops  # quantized from the plain graph
+    # the fused main file is gated too: OpenVINO reads onnxruntime's fused operators
+    assert read_metadata(out).gate == result.gate
+    fp32 = next(r for r in result.gate["results"] if (r["backend"], r["precision"]) == ("openvino", "fp32"))
+    assert fp32["passed"] and fp32["max_logit_diff"] < 1e-4
+    clf = OnnxClassifier(out)
+    assert clf.predict_batch(np.zeros((1, 3, 32, 32), np.float32))["logits"].shape == (1, len(CLASSES))
     if ("fp16", "images") in reports:  # the CPU provider could run it
         assert reports[("fp16", "images")].passed
     else:
