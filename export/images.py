@@ -32,33 +32,39 @@ def load_image(path: str | Path, *, max_pixels: int | None = None) -> Image.Imag
     :class:`ImageLoadError` naming the file and the problem.
     """
     path = Path(path)
-    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise ImageLoadError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from exc
+    return decode_image(data, path, max_pixels=max_pixels)
+
+
+def decode_image(data: bytes, name: str | Path, *, max_pixels: int | None = None) -> Image.Image:
+    """:func:`load_image` for a file's bytes already in memory (read from object storage, or
+    shipped to another machine); ``name`` starts every error message."""
+    limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     if not data:
-        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+        raise ImageLoadError(f"{name}: empty file (0 bytes)")
     try:
         with warnings.catch_warnings():  # the size is checked below, against our own limit
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
-        raise ImageLoadError(f"{path}: not an image format PIL can read") from exc
+        raise ImageLoadError(f"{name}: not an image format PIL can read") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageLoadError(f"{path}: too many pixels, refused as a possible decompression bomb") from exc
+        raise ImageLoadError(f"{name}: too many pixels, refused as a possible decompression bomb") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # e.g. a header cut short
-        raise ImageLoadError(f"{path}: truncated or corrupt image data ({exc})") from exc
+        raise ImageLoadError(f"{name}: truncated or corrupt image data ({exc})") from exc
     w, h = image.size
     if limit and w * h > limit:
         raise ImageLoadError(
-            f"{path}: {w}x{h} = {w * h} pixels is above the limit of {limit} "
+            f"{name}: {w}x{h} = {w * h} pixels is above the limit of {limit} "
             "(possible decompression bomb)"
         )
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports corrupt data in all three
-        raise ImageLoadError(f"{path}: truncated or corrupt image data ({exc})") from exc
+        raise ImageLoadError(f"{name}: truncated or corrupt image data ({exc})") from exc
     return image
 
 
