@@ -143,7 +143,8 @@ def timm_vit(patch: int, image: int, pool: str, ls: float | None, **kw: Any) -> 
         img_size=image, patch_size=patch, embed_dim=kw.get("dim", 96), depth=kw.get("depth", 3),
         num_heads=kw.get("heads", 3), mlp_ratio=kw.get("mlp_ratio", 2.0), num_classes=10,
         global_pool=pool, class_token=pool == "token", init_values=ls,
-        dynamic_img_size=kw.get("dynamic_img_size", False),
+        dynamic_img_size=kw.get("dynamic_img_size", False), reg_tokens=kw.get("reg_tokens", 0),
+        no_embed_class=kw.get("no_embed_class", False),
     )
     with torch.no_grad():  # timm inits layer scale / biases to constants: randomize for a fair test
         for p in model.parameters():

@@ -36,6 +36,18 @@ def test_logits_equal_timm(patch: int, image: int, pool: str, ls: float | None) 
     assert diff <= 1e-5 and diff_explicit <= 1e-5
 
 
+@pytest.mark.parametrize("pool,no_embed_class", [("token", True), ("avg", False), ("token", False)])
+def test_register_tokens_equal_timm(pool: str, no_embed_class: bool) -> None:
+    ref = timm_vit(4, 32, pool, None, reg_tokens=4, no_embed_class=no_embed_class)
+    x = torch.randn(2, 3, 32, 32)
+    for source in (ref, ref.state_dict()):
+        overrides = {} if source is ref else {"no_embed_class": no_embed_class, "num_heads": 3}
+        model = vit_from_timm(source, **overrides).eval()
+        assert model.config.reg_tokens == 4 and model.num_prefix_tokens == int(pool == "token") + 4
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), ref(x), atol=1e-5, rtol=0)
+
+
 def test_from_state_dict_and_files(tmp_path: Path) -> None:
     ref = timm_vit(4, 32, "avg", 1e-5, dim=128, heads=2)  # 64-wide heads are inferred
     x = torch.randn(2, 3, 32, 32)
@@ -50,8 +62,8 @@ def test_from_state_dict_and_files(tmp_path: Path) -> None:
 
 def test_unmappable_checkpoint_names_first_key() -> None:
     state = timm_vit(4, 32, "token", None).state_dict()
-    state["reg_token"] = torch.zeros(1, 4, 96)
-    with pytest.raises(ValueError, match="'reg_token'"):
+    state["mask_token"] = torch.zeros(1, 1, 96)
+    with pytest.raises(ValueError, match="'mask_token'"):
         vit_from_timm(state)
     state = timm_vit(4, 32, "token", None).state_dict()
     del state["blocks.1.mlp.fc2.bias"]

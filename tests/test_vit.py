@@ -87,6 +87,26 @@ def test_conv_stem_pool_4_centres_tokens_on_their_patches(pool: int, centred: bo
     assert same == centred
 
 
+@pytest.mark.parametrize("class_token,no_embed_class", [(True, False), (False, False), (True, True)])
+def test_register_tokens_are_prefix_tokens_no_output_reads(class_token: bool, no_embed_class: bool) -> None:
+    torch.manual_seed(0)
+    cfg = ViTConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=3,
+                    class_token=class_token, global_pool="token" if class_token else "avg",
+                    reg_tokens=4, no_embed_class=no_embed_class)
+    model = ViT(cfg).eval()
+    assert model.num_prefix_tokens == int(class_token) + 4
+    x = torch.randn(2, 3, 16, 16)
+    tokens, weights = model.forward_features(x, return_attention=True)
+    assert tokens.shape == (2, 16 + model.num_prefix_tokens, 32) and weights[0].shape[-1] == tokens.shape[1]
+    assert model.pos_embed.shape[1] == 16 + (0 if no_embed_class else model.num_prefix_tokens)
+    with torch.no_grad():  # registers matter (attention reads them) ...
+        before = model(x)
+        model.reg_token.add_(torch.randn_like(model.reg_token))
+        assert not torch.allclose(model(x), before)
+    model.set_image_size(24)  # ... and survive a resolution change
+    assert model(torch.randn(1, 3, 24, 24)).shape == (1, 3)
+
+
 def test_conv_stem_config_errors() -> None:
     with pytest.raises(ConfigError, match="stem_pool must be 3 or 4"):
         ViTConfig(stem="conv", stem_pool=2)

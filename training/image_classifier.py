@@ -188,7 +188,7 @@ class ImageClassifier(L.LightningModule):
             raise ValueError(f"model.freeze_blocks={n_blocks} but the ViT has {len(model.blocks)} blocks")
         for module in (model.patch_embed, *model.blocks[:n_blocks]):
             module.requires_grad_(False)
-        for param in (model.cls_token, model.pos_embed):
+        for param in (model.cls_token, model.reg_token, model.pos_embed):
             if param is not None:
                 param.requires_grad_(False)
 

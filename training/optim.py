@@ -1,7 +1,7 @@
 """AdamW parameter groups and the learning-rate schedule for ViT training.
 
-* No weight decay on norms, biases, ``pos_embed`` and ``cls_token`` (every 1-D tensor and
-  the two token tensors), as in DeiT/timm.
+* No weight decay on norms, biases, ``pos_embed``, ``cls_token`` and ``reg_token`` (every 1-D tensor
+  and the token tensors), as in DeiT/timm.
 * Layer-wise lr decay (BEiT, Bao et al. 2022): block i of L gets ``lr * decay**(L + 1 - (i+1))``,
   the embeddings ``lr * decay**(L + 1)``, the final norm and head the full ``lr``.
 * Schedules: linear warmup from 0, then cosine decay to ``min_lr``, stepped per optimizer
@@ -19,12 +19,12 @@ from torch import nn
 
 from vit.errors import ConfigError
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token")
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "reg_token")
 
 
 def layer_id(name: str, depth: int) -> int:
     """0 for the embeddings, i + 1 for block i, depth + 1 for the final norm and head."""
-    if name.startswith(("patch_embed.", "cls_token", "pos_embed")):
+    if name.startswith(("patch_embed.", "cls_token", "reg_token", "pos_embed")):
         return 0
     match = re.match(r"blocks\.(\d+)\.", name)
     return int(match.group(1)) + 1 if match else depth + 1

@@ -1,5 +1,7 @@
-"""Relevance maps of a PyTorch ViT: attention weights without gradients, and the
-class-specific gradient-weighted rollout (Chefer, Gur & Wolf 2021).
+"""Relevance maps of a PyTorch ViT: attention weights without gradients, each patch
+token's exact share of every class logit (:func:`token_logits`, no gradients, exported to
+ONNX as the ``token_logits`` output), and the gradient-weighted rollout (Chefer, Gur &
+Wolf 2021).
 
 The gradient of one class logit with respect to every layer's attention weights comes
 straight from ``model(images, return_attention=True)`` and ``torch.autograd.grad`` -- no
@@ -31,6 +33,41 @@ def forward_with_attention(model: ViT, images: Tensor) -> tuple[Tensor, np.ndarr
     with torch.inference_mode():
         logits, weights = model(images, return_attention=True)
     return logits, torch.stack(weights, dim=1).float().numpy()  # (B, L, H, N, N)
+
+
+def token_logits(model: ViT, tokens: Tensor) -> Tensor:
+    """Each patch token's share of every class logit, for average-pooling models:
+    final tokens (B, N, D) (after ``model.norm``) -> (B, Gh*Gw, K), whose sum over tokens
+    is ``logits - logit_offset(model)`` exactly.
+
+    Why it is exact: the head reads LayerNorm(mean_i x_i). The centring is linear, so
+    mean_i x_i - mu = mean_i (x_i - mu_i), and the scale 1/sigma is one number per image;
+    with gamma, W and the bias b outside the sum,
+    logit_k = sum_i W_k . (gamma * (x_i - mu_i)) / (n sigma)  +  W_k . beta + b_k.
+    Without ``fc_norm`` (the norm before pooling) the share is simply W_k . x_i / n.
+    Class-token models read one token, so they have no such split: ValueError.
+    """
+    if model.config.global_pool != "avg":
+        raise ValueError("token_logits needs an average-pooling model (global_pool='avg'); "
+                         "this one reads its class token")
+    x = tokens[:, model.num_prefix_tokens:]  # (B, n, D)
+    n = x.shape[1]
+    head = model.head
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError("token_logits needs a classification head (num_classes > 0)")
+    norm = model.fc_norm
+    if isinstance(norm, torch.nn.LayerNorm):
+        pooled = x.mean(dim=1, keepdim=True)  # (B, 1, D)
+        sigma = torch.sqrt(pooled.var(dim=-1, unbiased=False, keepdim=True) + norm.eps)  # (B, 1, 1)
+        x = (x - x.mean(dim=-1, keepdim=True)) * norm.weight / sigma  # (B, n, D)
+    return x @ head.weight.T / n  # (B, n, K)
+
+
+def logit_offset(model: ViT) -> Tensor:
+    """The part of every logit no token accounts for: W . beta + b (K,)."""
+    norm, head = model.fc_norm, model.head
+    beta = norm.bias if isinstance(norm, torch.nn.LayerNorm) else torch.zeros_like(head.weight[0])
+    return head.weight @ beta + head.bias
 
 
 def class_relevance(

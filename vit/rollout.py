@@ -206,6 +206,41 @@ def gradient_weighted_rollout(
     return _read_map(joint, num_prefix_tokens, grid, pool)
 
 
+def class_rollout(
+    weights: np.ndarray | Sequence[np.ndarray],
+    token_logits: np.ndarray,
+    classes: int | Sequence[int],
+    *,
+    num_prefix_tokens: int = 0,
+    grid: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Class-specific relevance without gradients, for average-pooling models: each final
+    token's exact share of the class logit (``token_logits`` (B, Gh*Gw, K), from
+    :func:`vit.relevance.token_logits` or the ONNX output of that name), carried back to
+    the input patches along attention rollout's flows (rows of R = prod (A_l + I), row
+    normalized, heads averaged). R's rows sum to 1, so the map sums to the class logit
+    minus the head's constant offset: positive where patches raise the class, negative
+    where they argue against it. ``classes``: one index, or one per image.
+    Returns (B, Gh, Gw)."""
+    w = stack_layers(weights)
+    b, _, _, n, _ = w.shape
+    grid, _ = _check_layout(n, num_prefix_tokens, grid, "avg")
+    shares = np.asarray(token_logits, dtype=np.float64)
+    if shares.ndim != 3 or shares.shape[:2] != (b, n - num_prefix_tokens):
+        raise ValueError(f"token_logits must have shape ({b}, {n - num_prefix_tokens}, K), "
+                         f"got {shares.shape}")
+    index = np.broadcast_to(np.asarray(classes, dtype=np.int64).reshape(-1), (b,))
+    if (index < 0).any() or (index >= shares.shape[2]).any():
+        raise ValueError(f"class index out of range [0, {shares.shape[2] - 1}]: {index.tolist()}")
+    layers = add_residual(fuse_heads(w))  # (B, L, N, N)
+    joint = layers[:, 0]  # (B, N, N)
+    for layer in range(1, layers.shape[1]):
+        joint = layers[:, layer] @ joint  # (B, N, N)
+    share = shares[np.arange(b), :, index]  # (B, Gh*Gw): the class's share of each final token
+    patches = joint[:, num_prefix_tokens:, num_prefix_tokens:]  # (B, Gh*Gw, Gh*Gw)
+    return np.einsum("bi,bij->bj", share, patches).reshape(b, *grid)  # (B, Gh, Gw)
+
+
 def normalize_maps(maps: np.ndarray) -> np.ndarray:
     """Rescale each map of (..., Gh, Gw) to [0, 1] (min-max per map; a flat map becomes 0)."""
     maps = np.asarray(maps, dtype=np.float64)

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 # Keys the ViT knows, with the block index abstracted to N.
 _KNOWN = re.compile(
-    r"^(cls_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)|"
+    r"^(cls_token|reg_token|pos_embed|patch_embed\.proj\.(weight|bias)|norm\.(weight|bias)|"
     r"fc_norm\.(weight|bias)|head\.(weight|bias)|"
     r"blocks\.\d+\.(norm1|norm2)\.(weight|bias)|blocks\.\d+\.attn\.(qkv|proj)\.(weight|bias)|"
     r"blocks\.\d+\.mlp\.(fc1|fc2)\.(weight|bias)|blocks\.\d+\.(ls1|ls2)\.gamma)$"
@@ -95,6 +95,7 @@ def infer_config(state: dict[str, Tensor], **overrides: Any) -> ViTConfig:
         mlp_ratio=state["blocks.0.mlp.fc1.weight"].shape[0] / dim,
         qkv_bias="blocks.0.attn.qkv.bias" in state,
         class_token=class_token,
+        reg_tokens=state["reg_token"].shape[1] if "reg_token" in state else 0,
         global_pool="avg" if avg or not class_token else "token",
         fc_norm=avg,
         num_classes=state["head.weight"].shape[0] if "head.weight" in state else 0,
@@ -103,7 +104,8 @@ def infer_config(state: dict[str, Tensor], **overrides: Any) -> ViTConfig:
     cfg.update(overrides)
     n_pos = state["pos_embed"].shape[1] if "pos_embed" in state else 0
     if "image_size" not in overrides and n_pos:
-        n_patches = n_pos - (0 if cfg.get("no_embed_class") else int(class_token))
+        n_prefix = int(class_token) + cfg["reg_tokens"]
+        n_patches = n_pos - (0 if cfg.get("no_embed_class") else n_prefix)
         side = int(round(n_patches**0.5))
         if side * side != n_patches:
             raise ValueError(

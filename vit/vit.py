@@ -33,6 +33,10 @@ class ViTConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     class_token: bool = True
+    # register tokens (Darcet et al. 2024, "Vision Transformers Need Registers"): learned
+    # tokens after the class token that no output reads, where the model can keep global
+    # state instead of overwriting low-information patches (the artefacts in their maps)
+    reg_tokens: int = 0
     global_pool: str = "token"  # "token" (class token) or "avg" (mean of patch tokens)
     fc_norm: bool | None = None  # norm after pooling instead of before; None: True for "avg"
     no_embed_class: bool = False  # position embeddings cover patch tokens only
@@ -77,6 +81,8 @@ class ViTConfig:
             raise ConfigError(f"ViTConfig.global_pool must be 'token' or 'avg', got {self.global_pool!r}")
         if self.global_pool == "token" and not self.class_token:
             raise ConfigError("ViTConfig.global_pool='token' needs class_token=True")
+        if self.reg_tokens < 0:
+            raise ConfigError(f"ViTConfig.reg_tokens must be >= 0, got {self.reg_tokens}")
         for name in ("depth", "num_heads", "dim", "in_channels"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"ViTConfig.{name} must be positive, got {getattr(self, name)}")
@@ -99,7 +105,8 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
-        return 1 if self.class_token else 0
+        """Tokens before the patches: the class token, then the registers."""
+        return (1 if self.class_token else 0) + self.reg_tokens
 
     @property
     def use_fc_norm(self) -> bool:
@@ -210,6 +217,7 @@ class ViT(nn.Module):
         else:
             self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_channels, cfg.dim, pad=cfg.dynamic_img_pad)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.class_token else None
+        self.reg_token = nn.Parameter(torch.zeros(1, cfg.reg_tokens, cfg.dim)) if cfg.reg_tokens else None
         n_pos = self.grid_size[0] * self.grid_size[1] + (0 if cfg.no_embed_class else self.num_prefix_tokens)
         self.pos_embed = nn.Parameter(torch.randn(1, n_pos, cfg.dim) * 0.02)
         self.pos_drop = nn.Dropout(cfg.drop_rate)
@@ -230,6 +238,8 @@ class ViT(nn.Module):
         """timm-style init: truncated normal (std 0.02) for linear layers and tokens."""
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.reg_token is not None:
+            nn.init.normal_(self.reg_token, std=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -238,20 +248,23 @@ class ViT(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def _pos_embed(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        """Prepend the class token and add position embeddings, in the dtype of the stem's
-        output ``x``: under bf16 autocast the token stream stays bf16 from here on (as in
-        Megatron's bf16 training) instead of being promoted to float32 by the float32
-        parameters and cast back before every linear layer. No change in float32."""
+        """Prepend the class token and the registers and add position embeddings, in the
+        dtype of the stem's output ``x``: under bf16 autocast the token stream stays bf16
+        from here on (as in Megatron's bf16 training) instead of being promoted to float32
+        by the float32 parameters and cast back before every linear layer. No change in
+        float32."""
         cfg = self.config
         n_prefix = 0 if cfg.no_embed_class else self.num_prefix_tokens
         pos_embed = self.pos_embed.to(x.dtype)
         pos_prefix, pos = pos_embed[:, :n_prefix], pos_embed[:, n_prefix:]
         pos = resample_pos_embed(pos, self.grid_size, grid)  # (1, Gh*Gw, D)
-        if self.cls_token is not None:
-            cls = self.cls_token.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, 1, D)
-            if cfg.no_embed_class:
-                return torch.cat([cls, x + pos], dim=1)  # (B, N, D)
-            x = torch.cat([cls, x], dim=1)  # (B, N, D)
+        prefix = [t.to(x.dtype).expand(x.shape[0], -1, -1) for t in (self.cls_token, self.reg_token)
+                  if t is not None]  # (B, 1, D) class token, (B, R, D) registers
+        if not prefix:
+            return x + pos
+        if cfg.no_embed_class:
+            return torch.cat([*prefix, x + pos], dim=1)  # (B, N, D)
+        x = torch.cat([*prefix, x], dim=1)  # (B, N, D)
         return x + torch.cat([pos_prefix, pos], dim=1)
 
     def forward_features(
