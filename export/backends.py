@@ -258,24 +258,34 @@ class OrtRunner:
 class OpenVinoRunner:
     """OpenVINO's runtime on the same ``.onnx`` file, at ``precision`` (its
     ``INFERENCE_PRECISION_HINT``: OpenVINO computes in bf16 by default on CPUs that can, so
-    fp32 is set explicitly). Thread-safe: each call takes an idle infer request from a pool."""
+    fp32 is set explicitly).
+
+    One compiled model per set of outputs, with a dynamic batch; batches of the sizes in
+    ``static_batches`` get a model of their own with that batch fixed (compiled on first use,
+    ~0.25 s for the CIFAR ViT), which OpenVINO runs ~10% faster at batch 1 and ~5% at 64.
+    Thread-safe: each call takes an idle infer request of its model from a pool."""
 
     backend = "openvino"
+    STATIC_BATCHES = (1, 32, 64)  # the demo's, vit-predict's and OnnxClassifier.predict's batches
 
     def __init__(self, path: str | Path, *, precision: str = "fp32", threads: int | None = None,
-                 device: str = "CPU") -> None:
+                 device: str = "CPU", static_batches: Sequence[int] = STATIC_BATCHES) -> None:
         import openvino
 
+        self._ov = openvino
         self._core = _core()
         self.version = openvino.get_version().split("-")[0]
         self.path, self.precision, self.device = Path(path), precision, device
+        self.static_batches = tuple(static_batches)
         try:
             self._model = self._core.read_model(str(path))
         except RuntimeError as exc:
             raise ValueError(f"{path}: not a loadable ONNX model ({_first_line(exc, last=True)})") from exc
-        self.input_name = self._model.inputs[0].get_any_name()
-        self.input_dtype = np.float16 if self._model.inputs[0].get_element_type().get_type_name() == "f16" \
-            else np.float32
+        model_input = self._model.inputs[0]
+        self.input_name = model_input.get_any_name()
+        half = model_input.get_element_type().get_type_name() == "f16"
+        self.input_dtype = np.float16 if half else np.float32
+        self._input_dims = [d.get_length() if d.is_static else None for d in model_input.get_partial_shape()]
         self.output_names = [o.get_any_name() for o in self._model.outputs]
         self.output_shapes = {
             o.get_any_name(): [d.get_length() if d.is_static else None for d in o.get_partial_shape()]
@@ -285,9 +295,11 @@ class OpenVinoRunner:
                                         "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = threads
-        self._compiled: dict[tuple[str, ...], tuple[Any, queue.SimpleQueue]] = {}
+        # (outputs, fixed batch or None) -> (compiled model, output index by name, idle requests)
+        self._compiled: dict[tuple[tuple[str, ...], int | None], tuple[Any, dict[str, int], Any]] = {}
         self._lock = threading.Lock()
-        self._compiled_for(("logits",) if "logits" in self.output_names else tuple(self.output_names))
+        labels = ("logits",) if "logits" in self.output_names else tuple(self.output_names)
+        self._compiled_for(labels, None)
 
     @property
     def providers(self) -> list[str]:
@@ -299,37 +311,47 @@ class OpenVinoRunner:
 
     @property
     def compiled_outputs(self) -> list[tuple[str, ...]]:
-        """The output sets compiled so far (each a model of its own)."""
-        return list(self._compiled)
+        """The output sets compiled so far (each a model of its own), in order."""
+        return list(dict.fromkeys(outputs for outputs, _ in self._compiled))
 
-    def _compiled_for(self, outputs: tuple[str, ...]) -> tuple[Any, queue.SimpleQueue]:
+    def _compiled_for(self, outputs: tuple[str, ...], batch: int | None
+                      ) -> tuple[Any, dict[str, int], queue.SimpleQueue]:
+        key = (outputs, batch)
+        if key in self._compiled:
+            return self._compiled[key]
         with self._lock:
-            if outputs not in self._compiled:
-                import openvino
-
+            if key not in self._compiled:
                 model = self._model
                 if outputs != tuple(self.output_names):  # a graph ending at the wanted outputs only
                     results = [r for r, o in zip(model.get_results(), model.outputs, strict=True)
                                if o.get_any_name() in outputs]
-                    model = openvino.Model(results, model.get_parameters(), model.get_friendly_name())
+                    model = self._ov.Model(results, model.get_parameters(), model.get_friendly_name())
+                if batch is not None and self._input_dims[0] is None and None not in self._input_dims[1:]:
+                    model = model.clone()  # the graph is shared with the dynamic models
+                    model.reshape({self.input_name: [batch, *self._input_dims[1:]]})
                 try:
                     compiled = self._core.compile_model(model, self.device, self._config)
-                except RuntimeError as exc:  # e.g. onnxruntime's own fused operators
+                except RuntimeError as exc:  # e.g. an operator this OpenVINO lacks
                     reason = _first_line(exc, last=True)
                     raise ValueError(f"{self.path}: OpenVINO cannot compile it ({reason})") from exc
-                self._compiled[outputs] = (compiled, queue.SimpleQueue())
-            return self._compiled[outputs]
+                index = {o.get_any_name(): i for i, o in enumerate(compiled.outputs)}
+                self._compiled[key] = (compiled, index, queue.SimpleQueue())
+            return self._compiled[key]
 
     def run(self, x: np.ndarray, outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        key = tuple(name for name in self.output_names if name in outputs)
-        compiled, idle = self._compiled_for(key)
+        wanted = tuple(name for name in self.output_names if name in outputs)
+        batch = len(x) if len(x) in self.static_batches else None
+        compiled, index, idle = self._compiled_for(wanted, batch)
         try:
             request = idle.get_nowait()
         except queue.Empty:
             request = compiled.create_infer_request()
-        try:
-            result = request.infer({0: np.ascontiguousarray(x, dtype=self.input_dtype)}, share_inputs=True)
-            return {name: np.asarray(result[name], dtype=np.float32) for name in outputs}
+        try:  # the tensor API directly: less Python per call than InferRequest.infer(dict)
+            x = np.ascontiguousarray(x, dtype=self.input_dtype)
+            request.set_input_tensor(self._ov.Tensor(x, shared_memory=True))
+            request.infer()
+            return {name: np.array(request.get_output_tensor(index[name]).data, dtype=np.float32)
+                    for name in outputs}
         finally:
             idle.put(request)
 

@@ -128,6 +128,16 @@ def test_labels_only_never_compute_or_fetch_attention(tiny_onnx_attention: Path,
     assert asked == [["logits"], ["logits", "attention"]]
 
 
+def test_fixed_batch_models_agree_with_the_dynamic_one(tiny_onnx: Path, batch: np.ndarray) -> None:
+    ov = OpenVinoRunner(tiny_onnx, precision="fp32", threads=1, static_batches=(2,))
+    want = OrtRunner(tiny_onnx, ["CPUExecutionProvider"], threads=1).run(batch, ["logits"])["logits"]
+    np.testing.assert_allclose(ov.run(batch[:2], ["logits"])["logits"], want[:2], atol=1e-4)
+    np.testing.assert_allclose(ov.run(batch[:3], ["logits"])["logits"], want[:3], atol=1e-4)
+    assert sorted(ov._compiled, key=str) == [(("logits",), 2), (("logits",), None)]
+    compiled = ov._compiled[(("logits",), 2)][0]
+    assert compiled.inputs[0].get_partial_shape().to_shape()[0] == 2  # a model with the batch fixed
+
+
 def test_openvino_serves_concurrent_callers(tiny_onnx: Path, batch: np.ndarray) -> None:
     clf = OnnxClassifier(tiny_onnx, backend="openvino", precision="fp32", intra_op_threads=1)
     want = clf.predict_batch(batch)["logits"]
