@@ -130,8 +130,15 @@ def timm_twin(model: ViT) -> torch.nn.Module | None:
     twin = VisionTransformer(img_size=cfg.image_size, patch_size=cfg.patch_size, num_classes=cfg.num_classes,
                              embed_dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads,
                              mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, global_pool=cfg.global_pool,
-                             class_token=cfg.class_token)
-    twin.load_state_dict(model.state_dict())
+                             class_token=cfg.class_token, reg_tokens=getattr(cfg, "reg_tokens", 0),
+                             fc_norm=cfg.fc_norm, no_embed_class=cfg.no_embed_class,
+                             init_values=cfg.layer_scale_init, dynamic_img_pad=cfg.dynamic_img_pad)
+    try:
+        twin.load_state_dict(model.state_dict())
+    except RuntimeError as exc:  # a layout timm's class does not have
+        reason = str(exc).splitlines()[0]
+        print(f"# no timm rows: timm's VisionTransformer does not take these weights ({reason})")
+        return None
     return twin.eval()
 
 
@@ -182,9 +189,9 @@ def measure(engines: dict[str, Engine], one: Any, many: Any, rounds: int) -> dic
 
 
 # --------------------------------------------------------------------------- one thread count
-def run_threads(threads: int, args: argparse.Namespace, path: Path, vit: ViT | None, spec: Preprocess,
-                images: list[np.ndarray] | None, x: np.ndarray, labels: np.ndarray | None,
-                flops: float | None) -> dict[str, Any]:
+def run_threads(threads: int, args: argparse.Namespace, path: Path, vit: ViT | None,
+                twin: torch.nn.Module | None, spec: Preprocess, images: list[np.ndarray] | None,
+                x: np.ndarray, labels: np.ndarray | None, flops: float | None) -> dict[str, Any]:
     torch.set_num_threads(threads)
     ours = OnnxClassifier(path, intra_op_threads=threads)
     name = f"ours (auto: {ours.backend} {ours.precision})"
@@ -195,7 +202,6 @@ def run_threads(threads: int, args: argparse.Namespace, path: Path, vit: ViT | N
         "onnxruntime fp32": ort_engine(path, threads),
     }
     precision = {name: ours.precision, PEER: "bf16", "torch bf16": "bf16", "timm bf16": "bf16"}
-    twin = timm_twin(vit) if vit is not None else None
     if vit is not None:
         engines.update({"torch fp32": torch_engine(vit, False), "torch bf16": torch_engine(vit, True)})
     if twin is not None:
@@ -303,15 +309,16 @@ def main(argv: list[str] | None = None) -> int:
     spec = Preprocess(**meta.preprocess)
     images, x, labels, what = load_images(args.images, args.num_images, spec, meta.class_names,
                                           tuple(meta.input_size))
-    if path.parent == workdir and labels is not None:  # gate the fresh export as vit-export would
+    if path.parent == workdir and images is not None:  # gate the fresh export as vit-export would
         write_gate(path, run_gate(path, x, labels, images=what))
     notes = []
     if meta.gate is None and path.parent != workdir:
         notes.append("# the file has no parity-gate record: auto serves it in fp32 "
                      "(python -m export.gate FILE --images DIR gates it)")
+    twin = timm_twin(vit) if vit is not None else None
     if vit is None:
         notes.append("# no PyTorch rows: no checkpoint given or found beside the model")
-    elif timm_twin(vit) is None:
+    elif vit.config.stem != "patch":
         notes.append("# no timm rows: timm's VisionTransformer has no convolutional tokenizer")
     flops = flops_per_image(vit) if vit is not None else None
     cfg = meta.config
@@ -323,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print(note)
     results = []
     for threads in counts:
-        result = run_threads(threads, args, path, vit, spec, images, x, labels, flops)
+        result = run_threads(threads, args, path, vit, twin, spec, images, x, labels, flops)
         results.append(result)
         print("\n".join(report(result)))
     print()
