@@ -1,5 +1,6 @@
-"""What the demo serves from: an exported ONNX file (the default, torch-free) or a PyTorch
-checkpoint (``.ckpt``/``.safetensors``, which adds class-specific maps).
+"""What the demo serves from: an exported ONNX file (the default, torch-free; class-specific
+maps where the file has the outputs for them) or a PyTorch checkpoint
+(``.ckpt``/``.safetensors``, class-specific maps by gradients).
 
 Both give the same :class:`ModelCard` and :class:`Analysis`; only
 :class:`TorchBackend` imports torch, and only when it is built.
@@ -7,6 +8,7 @@ Both give the same :class:`ModelCard` and :class:`Analysis`; only
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +40,7 @@ class ModelCard:
     val_acc: float | None
     has_attention: bool
     class_specific: bool
+    class_method: str = ""  # how the class-specific map is computed, for the page's sentence
 
 
 @dataclass
@@ -73,34 +76,59 @@ def _describe_source(source: Any) -> str:
     return str(source) if source else "unknown"
 
 
-class OnnxBackend:
-    """Serves an ONNX file through :class:`export.OnnxClassifier` (no torch)."""
+BACKENDS = ("auto", "onnxruntime", "openvino")
+PRECISIONS = ("auto", "fp32", "bf16")
 
-    def __init__(self, path: str | Path, providers: str | list[str] | None = None) -> None:
+
+class OnnxBackend:
+    """Serves an ONNX file through :class:`export.OnnxClassifier` (no torch). ``backend`` and
+    ``precision`` are the classifier's (``auto``: the fastest that passed the file's parity
+    gate); the card says what runs. The class-specific map comes from
+    ``OnnxClassifier.class_map`` where the file has the outputs it needs."""
+
+    def __init__(self, path: str | Path, providers: str | list[str] | None = None, *,
+                 backend: str = "auto", precision: str = "auto") -> None:
         from export.onnx_classifier import OnnxClassifier
 
-        self.classifier = OnnxClassifier(path, providers=providers)
-        info = self.classifier.info
+        choice = {name: value for name, value in (("backend", backend), ("precision", precision))
+                  if value != "auto"}
+        accepted = inspect.signature(OnnxClassifier).parameters
+        missing = [f"--{name}" for name in choice if name not in accepted]
+        if missing:
+            raise ValueError(f"{' and '.join(missing)}: this installation's OnnxClassifier has no "
+                             "backend or precision choice; leave it at auto")
+        self.classifier = OnnxClassifier(path, providers=providers, **choice)
+        clf, info = self.classifier, self.classifier.info
         cfg = info.config
+        runtime = getattr(clf, "runtime", None) or \
+            "onnxruntime (" + ", ".join(clf.providers) + ", fp32)"  # before the backend choice
+        class_specific = bool(getattr(info, "class_specific", False)) and hasattr(clf, "class_map")
         self.card = ModelCard(
-            path=Path(path), runtime="ONNX Runtime (" + ", ".join(self.classifier.providers) + ")",
-            class_names=list(info.class_names), preprocess=info.preprocess,
+            path=Path(path), runtime=runtime, class_names=list(info.class_names), preprocess=info.preprocess,
             input_size=tuple(info.input_size), grid=tuple(info.grid),
             num_prefix_tokens=info.num_prefix_tokens, pool=cfg.get("global_pool", "token"),
             depth=int(cfg.get("depth", 0)), num_heads=int(cfg.get("num_heads", 0)),
             stem=str(cfg.get("stem", "patch")),
             source=_describe_source(info.source), val_acc=info.val_acc, has_attention=info.has_attention,
-            class_specific=False,
+            class_specific=class_specific,
+            class_method="each final token's exact share of the class score, carried back to the "
+                         "patches along the attention flows" if class_specific else "",
         )
 
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
         pixels = self.classifier.preprocess(image)  # (1, 3, H, W)
-        [pred] = self.classifier.decode(self.classifier.predict_batch(pixels), top_k)
-        return Analysis(labels=pred.labels, probs=pred.scores, indices=list(pred.indices or []),
-                        attention=pred.attention, class_map=None, pixels=pixels[0])
+        [pred] = self.classifier.decode(self.classifier.predict_batch(pixels), top_k)  # every output
+        indices = list(pred.indices or [])
+        class_map = self.explain(pixels[0], indices[0]) if self.card.class_specific and indices else None
+        return Analysis(labels=pred.labels, probs=pred.scores, indices=indices,
+                        attention=pred.attention, class_map=class_map, pixels=pixels[0])
 
     def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None:
-        return None  # gradients need the PyTorch model
+        """The (Gh, Gw) map of ``class_index`` for one preprocessed image (3, H, W), or None
+        where the file cannot give one."""
+        if not self.card.class_specific:
+            return None
+        return self.classifier.class_map(pixels, class_index)
 
 
 class TorchBackend:
@@ -125,6 +153,8 @@ class TorchBackend:
             num_prefix_tokens=cfg.num_prefix_tokens, pool=cfg.global_pool, depth=cfg.depth,
             num_heads=cfg.num_heads, stem=cfg.stem, source=_describe_source(record.get("source")),
             val_acc=record.get("val_acc"), has_attention=True, class_specific=True,
+            class_method="attention weighted by its gradient for the class, rolled out through the layers "
+                         "(Chefer et al. 2021)",
         )
 
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
@@ -151,13 +181,18 @@ class TorchBackend:
         return class_relevance(self.model, torch.from_numpy(pixels)[None], class_index)[0]  # (Gh, Gw)
 
 
-def load_backend(path: str | Path) -> OnnxBackend | TorchBackend:
-    """``.onnx`` -> :class:`OnnxBackend`; ``.ckpt``/``.safetensors`` -> :class:`TorchBackend`."""
+def load_backend(path: str | Path, *, backend: str = "auto",
+                 precision: str = "auto") -> OnnxBackend | TorchBackend:
+    """``.onnx`` -> :class:`OnnxBackend` (run by ``backend`` in ``precision``);
+    ``.ckpt``/``.safetensors`` -> :class:`TorchBackend` (PyTorch, fp32: the choice must be auto)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     if path.suffix == ".onnx":
-        return OnnxBackend(path)
+        return OnnxBackend(path, backend=backend, precision=precision)
     if path.suffix in CHECKPOINT_SUFFIXES:
+        if (backend, precision) != ("auto", "auto"):
+            raise ValueError(f"{path}: --backend and --precision apply to .onnx files; a checkpoint runs "
+                             "in PyTorch (export it with vit-export to choose)")
         return TorchBackend(path)
     raise ValueError(f"{path}: expected an .onnx file or a .ckpt/.safetensors checkpoint")

@@ -25,7 +25,7 @@ from vit.preprocess import to_rgb
 from vit.rollout import attention_rollout, raw_attention
 
 from .backend import Analysis, Backend, ModelCard
-from .overlay import Box, crop_box, display_copy, draw_overlay, scale_box
+from .overlay import Box, draw_overlay, draw_signed_overlay, frame, model_view
 
 logger = logging.getLogger(__name__)
 
@@ -63,11 +63,15 @@ def open_upload(payload: Any, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
 @dataclass
 class Session:
     """What one person's analysed image leaves behind (kept in ``gr.State``): the display
-    copy of the photo, the model's view box on it, and the model's outputs."""
+    copy of the framed photo, the model's view box on it, the model's outputs, and the
+    picture the model was given (enlarged)."""
 
     photo: Image.Image
     box: Box
     analysis: Analysis
+    model_view: Image.Image | None = None
+    framing: str = "crop"
+    source: str | None = None  # the upload's path, to tell whether a later request sends the same image
 
     @property
     def attention(self) -> np.ndarray | None:
@@ -87,12 +91,14 @@ class ViewSettings:
     opacity: float = 0.5
 
 
-def analyze(backend: Backend, image: Image.Image) -> Session:
-    """Run the model once on an RGB image."""
-    analysis = backend.analyze(image, top_k=5)
-    photo, scale = display_copy(image)
-    return Session(photo=photo, box=scale_box(crop_box(image.size, backend.card.preprocess), scale),
-                   analysis=analysis)
+def analyze(backend: Backend, image: Image.Image, framing: str = "crop", top_k: int = 5) -> Session:
+    """Run the model once on an RGB image, framed by ``framing`` (``"crop"`` or ``"fit"``,
+    see :func:`demo.overlay.frame`)."""
+    spec = backend.card.preprocess
+    framed = frame(image, framing, spec)
+    analysis = backend.analyze(framed.model_input, top_k=top_k)
+    return Session(photo=framed.display, box=framed.box, analysis=analysis,
+                   model_view=model_view(analysis.pixels, spec), framing=framing)
 
 
 def relevance(card: ModelCard, session: Session, settings: ViewSettings) -> np.ndarray | None:
@@ -121,9 +127,11 @@ def render(card: ModelCard, session: Session, settings: ViewSettings) -> Image.I
 
 
 def render_class_map(session: Session, class_map: np.ndarray | None, opacity: float) -> Image.Image | None:
+    """The class-specific map over the photo: red where patches raise the class's score, blue
+    where they lower it (None without a map)."""
     if class_map is None:
         return None
-    return draw_overlay(session.photo, class_map, session.box, opacity=float(opacity))
+    return draw_signed_overlay(session.photo, class_map, session.box, opacity=float(opacity))
 
 
 class ImageFiles:

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from demo.app import (  # noqa: E402
     EXAMPLES_DIR,
     _settings,
     build_app,
+    example_captions,
     example_images,
     launch_options,
     main,
@@ -37,12 +39,25 @@ from demo.views import VIEWS, ViewSettings, analyze, open_upload, render  # noqa
 from export.onnx_classifier import OnnxClassifier  # noqa: E402
 
 
-def test_examples_are_shipped() -> None:
+def test_examples_are_shipped_captioned_and_not_training_images() -> None:
+    """The examples are photos the shipped model never trained on: none is a byte copy of an
+    image of the project's CIFAR-10 training folder, and each has a caption on the page."""
+    import hashlib
+
     names = [Path(p).name for p in example_images()]
-    assert len(names) >= 6 and "chelsea_cat.jpg" in names
-    assert (EXAMPLES_DIR / "SOURCES.md").is_file()
+    assert len(names) >= 2 and "chelsea_cat.jpg" in names and not any(n.startswith("cifar10_") for n in names)
+    captions = example_captions()
     for p in example_images():
         assert Image.open(p).size >= (32, 32)
+        assert f"**{Path(p).name}**:" in captions
+    train = REPO.parent / "shared" / "data" / "cifar10" / "train"
+    if not train.is_dir():
+        pytest.skip(f"no training folder at {train} to compare with")
+    sizes = {Path(p).stat().st_size: hashlib.sha256(Path(p).read_bytes()).hexdigest()
+             for p in example_images()}
+    copies = [f for f in train.rglob("*.jpg") if f.stat().st_size in sizes
+              and hashlib.sha256(f.read_bytes()).hexdigest() == sizes[f.stat().st_size]]
+    assert not copies, copies
 
 
 def test_server_survives_bad_uploads(demo_server: gr.Blocks, tmp_path: Path) -> None:
@@ -68,11 +83,13 @@ def test_server_answers_like_the_classifier(demo_server: gr.Blocks, demo_model: 
     client = Client(demo_server.local_url, verbose=False)
     reference = OnnxClassifier(demo_model["onnx"])
     for path in example_images()[:3]:
-        label, original, overlay, _, _ = client.predict(handle_file(path), api_name="/classify")
+        label, seen, overlay, _, _ = client.predict(handle_file(path), api_name="/classify")
         [want] = reference.predict(path, top_k=5)
         assert [c["label"] for c in label["confidences"]] == want.labels
         np.testing.assert_allclose([c["confidence"] for c in label["confidences"]], want.scores, rtol=1e-6)
-        assert Image.open(original).size == Image.open(overlay).size
+        session = analyze(OnnxBackend(demo_model["onnx"]), open_upload(path))
+        assert Image.open(overlay).size == session.photo.size
+        assert Image.open(seen).size == (256, 256)  # the 32x32 input, 8x
 
 
 def test_concurrent_clients(demo_server: gr.Blocks) -> None:
@@ -186,14 +203,14 @@ def test_api_settings_out_of_range_are_clamped(demo_server: gr.Blocks, demo_mode
     }
     drawn = {}
     for view, (controls, clamped) in sent.items():
-        label, _, overlay, _, _ = client.predict(handle_file(path), *controls, api_name="/classify")
+        label, _, overlay, _, _ = client.predict(handle_file(path), "crop", *controls, api_name="/classify")
         assert label["label"] in CLASSES
         drawn[view] = np.asarray(Image.open(overlay).convert("RGB"))
         np.testing.assert_array_equal(drawn[view], np.asarray(render(card, session, clamped)))
     assert not np.array_equal(drawn[VIEWS[0]], drawn[VIEWS[1]])
     # in range, the settings are used as sent: a different picture from the clamped one
     inside = ViewSettings(view=VIEWS[1], layer=0, head="0", opacity=0.5)
-    _, _, overlay, _, _ = client.predict(handle_file(path), VIEWS[1], "mean", 0.0, 0, 0, "0", 0.5,
+    _, _, overlay, _, _ = client.predict(handle_file(path), "crop", VIEWS[1], "mean", 0.0, 0, 0, "0", 0.5,
                                          api_name="/classify")
     np.testing.assert_array_equal(np.asarray(Image.open(overlay).convert("RGB")),
                                   np.asarray(render(card, session, inside)))
@@ -201,18 +218,45 @@ def test_api_settings_out_of_range_are_clamped(demo_server: gr.Blocks, demo_mode
 
 
 def test_model_panel_describes_the_model(demo_model: dict[str, Path]) -> None:
-    onnx = model_panel(OnnxBackend(demo_model["onnx"]).card)
-    assert "`tiny.onnx`" in onnx and "ONNX Runtime" in onnx and "circle, square, stripes" in onnx
+    card = OnnxBackend(demo_model["onnx"]).card
+    onnx = model_panel(card)
+    assert "`tiny.onnx`" in onnx and f"**Runs on:** {card.runtime}" in onnx
+    assert "circle, square, stripes" in onnx
     assert "2 layers x 2 heads" in onnx and "grid 4x4 + 1 class token" in onnx and "75.00%" in onnx
-    assert "attention rollout and raw attention" in onnx and "class-specific" not in onnx
+    assert "attention rollout and one layer's attention" in onnx
+    assert ("class-specific" in onnx) == card.class_specific
     torch_panel = model_panel(TorchBackend(demo_model["checkpoint"]).card)
-    assert "PyTorch" in torch_panel and "class-specific gradient-weighted rollout" in torch_panel
+    assert "PyTorch" in torch_panel and "class-specific: attention weighted by its gradient" in torch_panel
+
+
+def test_page_text_matches_the_model(demo_model: dict[str, Path]) -> None:
+    """The sentences come from the model's card: a class-token model 'answers from its class
+    token', an average-pooling one from 'the average of its N patch tokens (it has no class
+    token)'; the framing note gives the model's input size."""
+    from dataclasses import replace
+
+    from demo.look import class_note, framing_note, header, map_note
+
+    card = OnnxBackend(demo_model["onnx"]).card
+    assert "answers from its class token" in header(card) and "32×32" in header(card)
+    assert "information in the class token" in map_note(card, VIEWS[0])
+    avg = replace(card, num_prefix_tokens=0, pool="avg", grid=(8, 8))
+    text = header(avg) + map_note(avg, VIEWS[0]) + map_note(avg, VIEWS[1])
+    assert "the average of its 64 patch tokens (it has no class token)" in text
+    assert "class token drew" not in text and "information in the tokens the model averages" in text
+    assert "32×32 square" in framing_note(card) and "Centre crop" in framing_note(card)
+    assert "No class-specific map" in class_note(replace(card, class_specific=False))
+    assert "raise (red)" in class_note(replace(card, class_specific=True, class_method="a method"))
 
 
 def test_app_events_have_api_names_and_the_translate_tab(demo_model: dict[str, Path], toy_onnx: Path) -> None:
     backend = OnnxBackend(demo_model["onnx"])
-    names = {dep.get("api_name") for dep in build_app(backend).config["dependencies"]}
-    assert {"classify", "redraw", "explain", "load_example"} <= names and "translate" not in names
+    dependencies = build_app(backend).config["dependencies"]
+    names = {dep.get("api_name") for dep in dependencies}
+    assert {"classify", "redraw", "explain", "load_example", "predict", "predict_batch"} <= names
+    assert "translate" not in names
+    unnamed = [dep for dep in dependencies if not dep.get("api_name")]
+    assert not unnamed, unnamed
     with_tab = build_app(backend, translator=toy_onnx)
     names = {dep.get("api_name") for dep in with_tab.config["dependencies"]}
     assert {"classify", "translate", "translate_alignment"} <= names
@@ -249,10 +293,11 @@ def test_predict_endpoints_take_named_files_and_return_plain_data(demo_server: g
 
     client = Client(demo_server.local_url, verbose=False)
     info = client.view_api(return_format="dict")["named_endpoints"]
-    assert [p["parameter_name"] for p in info["/predict"]["parameters"]] == ["image", "top_k"]
-    assert [p["parameter_name"] for p in info["/predict_batch"]["parameters"]] == ["images", "top_k"]
+    assert [p["parameter_name"] for p in info["/predict"]["parameters"]] == ["image", "top_k", "framing"]
+    assert [p["parameter_name"] for p in info["/predict_batch"]["parameters"]] == [
+        "images", "top_k", "framing"]
     assert [p["parameter_name"] for p in info["/classify"]["parameters"]] == [
-        "image", "view", "head_fusion", "discard_ratio", "start_layer", "layer", "head", "opacity"]
+        "image", "framing", "view", "head_fusion", "discard_ratio", "start_layer", "layer", "head", "opacity"]
     path = example_images()[0]
     one = client.predict(image=handle_file(path), top_k=2, api_name="/predict")
     assert one["name"] == Path(path).name and len(one["predictions"]) == 2
@@ -267,13 +312,142 @@ def test_predict_endpoints_take_named_files_and_return_plain_data(demo_server: g
     assert many[1]["name"] == "broken.png" and "broken.png" in many[1]["error"]
     with pytest.raises(Exception, match="broken.png"):
         client.predict(image=handle_file(str(bad)), api_name="/predict")
+    # /classify: plain data, no {'__type__': 'update'} records
+    empty = client.predict(None, api_name="/classify")
+    assert "__type__" not in str(empty) and "__type__" not in str(client.predict(handle_file(path),
+                                                                                 api_name="/classify"))
 
 
-def test_explain_accepts_every_class_of_the_model(demo_server: gr.Blocks) -> None:
-    """The class picker offers every class from the start, so /explain takes any class name
-    through the API (before: 'Value: ... is not in the list of choices: []')."""
-    from gradio_client import Client
+def test_framing_through_the_api(demo_server: gr.Blocks, demo_model: dict[str, Path], tmp_path: Path) -> None:
+    """framing="fit" classifies the whole picture padded to a square (the page's 'Whole
+    image'): the answer equals the classifier's on that framed input, and differs from the
+    centre crop's for a wide picture whose sides decide the class."""
+    from gradio_client import Client, handle_file
+
+    from demo.overlay import frame
+
+    wide = Image.new("RGB", (96, 32), "white")
+    for kind, left in (("stripes", 0), ("square", 64)):
+        first = sorted((demo_model["images"] / kind).glob("*.png"))[0]
+        wide.paste(Image.open(first).convert("RGB").resize((32, 32)), (left, 0))
+    path = tmp_path / "wide.png"
+    wide.save(path)
+    client = Client(demo_server.local_url, verbose=False)
+    reference = OnnxClassifier(demo_model["onnx"])
+    answers = {}
+    for framing in ("crop", "fit"):
+        got = client.predict(image=handle_file(str(path)), top_k=3, framing=framing, api_name="/predict")
+        [want] = reference.predict(frame(wide, framing, reference.info.preprocess).model_input, top_k=3)
+        assert [p["label"] for p in got["predictions"]] == want.labels
+        np.testing.assert_allclose([p["score"] for p in got["predictions"]], want.scores, rtol=1e-6)
+        answers[framing] = [p["score"] for p in got["predictions"]]
+    assert answers["crop"] != answers["fit"]
+    _, seen, overlay, _, _ = client.predict(handle_file(str(path)), "fit", api_name="/classify")
+    seen = np.asarray(Image.open(seen).convert("RGB"))
+    assert seen.shape == (256, 256, 3) and (seen[:40] != 255).any(axis=-1).all()  # padding above, not white
+
+
+def test_errors_through_the_api_carry_their_message(demo_server: gr.Blocks) -> None:
+    """Every refusal a script can meet says what was wrong, never 'has not enabled verbose
+    error reporting'; a path to another file on the server is refused unread."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
 
     client = Client(demo_server.local_url, verbose=False)
-    for name in CLASSES:
-        assert client.predict(name, 0.5, api_name="/explain") is None  # no image analysed yet: no map
+    cat = handle_file(example_images()[0])
+    cases = [
+        (dict(image=cat, top_k="abc", api_name="/predict"), "top_k must be a whole number from 1 to 3"),
+        (dict(image=cat, top_k=2.5, api_name="/predict"), "top_k must be a whole number"),
+        (dict(image=cat, framing="zoom", api_name="/predict"), "framing must be 'crop' or 'fit'"),
+        (dict(image=None, api_name="/predict"), "No image received"),
+        (dict(image={"path": "/etc/passwd"}, api_name="/predict"), "not a file sent to this server"),
+        (dict(images=None, api_name="/predict_batch"), "images must be a list of files"),
+        (dict(images=[cat], top_k="x", api_name="/predict_batch"), "top_k must be a whole number"),
+        (dict(image=cat, framing="zoom", api_name="/classify"), "framing must be 'crop' or 'fit'"),
+        (dict(image={"path": "/etc/hostname"}, api_name="/classify"), "not a file sent to this server"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(AppError) as info:
+            client.predict(**kwargs)
+        text = str(info.value)
+        assert message in text and "verbose error reporting" not in text, (kwargs, text)
+
+
+def test_api_page_examples_run_as_shown(demo_server: gr.Blocks) -> None:
+    """Every endpoint the API page documents, called with the example values the page shows
+    (a shipped example file, not a picture on another site or a bare '...'), answers."""
+    from gradio_client import Client, handle_file
+
+    def shown(value: object) -> object:  # what the page's Python snippet passes
+        if isinstance(value, dict) and value.get("meta", {}).get("_type") == "gradio.FileData":
+            assert value["url"] == value["path"] and Path(value["url"]).is_file(), value
+            return handle_file(value["url"])
+        return [shown(v) for v in value] if isinstance(value, list) else value
+
+    client = Client(demo_server.local_url, verbose=False)
+    endpoints = client.view_api(return_format="dict")["named_endpoints"]
+    assert {"/predict", "/predict_batch", "/classify", "/redraw"} <= set(endpoints)
+    for name, endpoint in endpoints.items():
+        kwargs = {p["parameter_name"]: shown(p["example_input"]) for p in endpoint["parameters"]}
+        assert "..." not in str(kwargs), (name, kwargs)
+        result = client.predict(**kwargs, api_name=name)
+        if name in ("/predict", "/classify", "/explain"):
+            assert result, (name, result)
+
+
+@pytest.fixture(scope="module")
+def torch_demo_server(demo_model: dict[str, Path]) -> Iterator[gr.Blocks]:
+    """The demo on the checkpoint (PyTorch, gradient-weighted class maps), launched as vit-demo does."""
+    app = build_app(TorchBackend(demo_model["checkpoint"]))
+    app.queue(**queue_options())
+    app.launch(prevent_thread_lock=True, quiet=True, **launch_options())
+    try:
+        yield app
+    finally:
+        app.close()
+
+
+def test_explain_gives_any_class_of_every_model_type(demo_server: gr.Blocks,
+                                                     torch_demo_server: gr.Blocks) -> None:
+    """/explain: the class-specific map of any class, through the API, for every served model
+    type (the checkpoint's gradients; the ONNX file's own maps where it has them). It takes
+    the image itself, or explains the session's last /classify; the map changes with the class."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    path = example_images()[0]
+    for server in (torch_demo_server, demo_server):
+        client = Client(server.local_url, verbose=False)
+        label, _, _, class_map, chosen = client.predict(handle_file(path), api_name="/classify")
+        if class_map is None:  # an ONNX file without class maps: /explain (undocumented) says so
+            documented = client.view_api(return_format="dict")["named_endpoints"]
+            assert chosen is None and "/explain" not in documented
+            with pytest.raises(AppError, match="offers no class-specific map"):
+                client.predict(handle_file(path), CLASSES[0], "crop", 0.5, api_name="/explain")
+            continue
+        assert chosen == label["label"]
+        maps = {}
+        for name in CLASSES:
+            drawn = client.predict(image=handle_file(path), label=name, api_name="/explain")
+            maps[name] = np.asarray(Image.open(drawn).convert("RGB"))
+            assert maps[name].shape == np.asarray(Image.open(class_map)).shape[:2] + (3,)
+        assert len({m.tobytes() for m in maps.values()}) == len(CLASSES)  # one map per class
+        again = client.predict(image=None, label=CLASSES[1], api_name="/explain")  # the session's image
+        np.testing.assert_array_equal(np.asarray(Image.open(again).convert("RGB")), maps[CLASSES[1]])
+        with pytest.raises(AppError, match="Unknown class 'dog'"):
+            client.predict(image=handle_file(path), label="dog", api_name="/explain")
+        fresh = Client(server.local_url, verbose=False)
+        with pytest.raises(AppError, match="No image received"):
+            fresh.predict(image=None, label=CLASSES[0], api_name="/explain")
+
+
+def test_backend_and_precision_flags(demo_model: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    """vit-demo --backend/--precision: choices checked by the parser, refused for a checkpoint
+    with one line."""
+    for argv in (["--backend", "tensorflow"], ["--precision", "int4"]):
+        with pytest.raises(SystemExit) as info:
+            main(["--model", str(demo_model["onnx"]), *argv])
+        assert info.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+    assert main(["--model", str(demo_model["checkpoint"]), "--backend", "openvino"]) == 2
+    assert "--backend and --precision apply to .onnx files" in capsys.readouterr().err

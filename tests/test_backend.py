@@ -23,25 +23,70 @@ def real_images(demo_model: dict[str, Path]) -> list[Path]:
 def test_prediction_equals_onnx_classifier(demo_model: dict[str, Path]) -> None:
     backend = OnnxBackend(demo_model["onnx"])
     reference = OnnxClassifier(demo_model["onnx"])
+    import inspect
+
+    asks = "return_attention" in inspect.signature(reference.predict).parameters  # since #17: asked for
+    attention = {"return_attention": True} if asks else {}
     for path in real_images(demo_model):
         session = analyze(backend, open_upload({"path": str(path), "orig_name": path.name}))
-        [want] = reference.predict(path, top_k=5)
+        [want] = reference.predict(path, top_k=5, **attention)
         assert session.analysis.labels == want.labels
         np.testing.assert_allclose(session.analysis.probs, want.scores, rtol=1e-6)
         np.testing.assert_allclose(session.analysis.attention, want.attention, rtol=1e-6)
 
 
+def offers_class_maps(classifier: OnnxClassifier) -> bool:
+    """Whether an ONNX file gives class-specific maps (``OnnxClassifier.class_map``, #19)."""
+    return bool(getattr(classifier.info, "class_specific", False)) and hasattr(classifier, "class_map")
+
+
 def test_checkpoint_backend_agrees_and_adds_class_maps(demo_model: dict[str, Path]) -> None:
     onnx, ckpt = OnnxBackend(demo_model["onnx"]), TorchBackend(demo_model["checkpoint"])
-    assert ckpt.card.class_specific and not onnx.card.class_specific
+    assert ckpt.card.class_specific and onnx.card.class_specific == offers_class_maps(onnx.classifier)
     image = open_upload(str(example_images()[0]))
     a, b = onnx.analyze(image), ckpt.analyze(image)
     assert a.labels == b.labels
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
     np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)
-    assert b.class_map.shape == ckpt.card.grid and a.class_map is None
+    assert b.class_map.shape == ckpt.card.grid
     other = ckpt.explain(b.pixels, b.indices[1])
     assert other.shape == ckpt.card.grid and not np.allclose(other, b.class_map)
+
+
+def test_onnx_class_maps_come_from_the_file(demo_model: dict[str, Path]) -> None:
+    """The ONNX back end's class-specific map is OnnxClassifier.class_map of the same input,
+    for the top class by default and any class on request; a file without one gives None
+    and says so on its card."""
+    backend = OnnxBackend(demo_model["onnx"])
+    analysis = backend.analyze(open_upload(str(example_images()[0])))
+    if not offers_class_maps(backend.classifier):
+        assert not backend.card.class_specific and analysis.class_map is None
+        assert backend.explain(analysis.pixels, 0) is None
+        return
+    assert backend.card.class_specific and backend.card.class_method
+    class_map = backend.classifier.class_map
+    np.testing.assert_allclose(analysis.class_map, class_map(analysis.pixels, analysis.indices[0]))
+    for k in range(len(backend.card.class_names)):
+        np.testing.assert_allclose(backend.explain(analysis.pixels, k), class_map(analysis.pixels, k))
+
+
+def test_backend_and_precision_reach_the_classifier(demo_model: dict[str, Path]) -> None:
+    """vit-demo --backend/--precision: passed to OnnxClassifier, and the card says what runs;
+    a checkpoint refuses them (it runs in PyTorch)."""
+    import inspect
+
+    with pytest.raises(ValueError, match="--backend and --precision apply to .onnx files"):
+        load_backend(demo_model["checkpoint"], backend="openvino")
+    if "backend" not in inspect.signature(OnnxClassifier).parameters:  # before #17's backend choice
+        with pytest.raises(ValueError, match="--backend: this installation's OnnxClassifier has no"):
+            load_backend(demo_model["onnx"], backend="onnxruntime")
+        return
+    backend = load_backend(demo_model["onnx"], backend="onnxruntime", precision="fp32")
+    clf = backend.classifier
+    assert (clf.backend, clf.precision) == ("onnxruntime", "fp32")
+    assert backend.card.runtime == clf.runtime and "fp32" in backend.card.runtime
+    auto = load_backend(demo_model["onnx"])
+    assert auto.card.runtime == auto.classifier.runtime
 
 
 def test_cards_describe_the_same_model(demo_model: dict[str, Path]) -> None:
@@ -50,7 +95,7 @@ def test_cards_describe_the_same_model(demo_model: dict[str, Path]) -> None:
                   "stem", "val_acc", "has_attention"):
         assert getattr(a, field) == getattr(b, field), field
     assert tuple(a.input_size) == tuple(b.input_size) == (32, 32)
-    assert a.runtime.startswith("ONNX Runtime") and b.runtime == "PyTorch"
+    assert b.runtime == "PyTorch" and a.runtime and ("onnxruntime" in a.runtime or "OpenVINO" in a.runtime)
 
 
 def test_load_backend_by_file_type(demo_model: dict[str, Path], tmp_path: Path) -> None:

@@ -32,12 +32,14 @@ def test_default_classifier_is_in_the_models_folder() -> None:
 
 
 def labelled_examples() -> list[tuple[str, str]]:
-    """(path, label) for every shipped example; the label is in the file name."""
+    """(path, label) for every shipped example whose file name names its class (the others,
+    e.g. a rocket launch, show a picture of no class)."""
     out = []
     for path in example_images():
         name = Path(path).stem
-        label = next(c for c in CIFAR10 if c in name)
-        out.append((path, label))
+        label = next((c for c in CIFAR10 if c in name), None)
+        if label is not None:
+            out.append((path, label))
     return out
 
 
@@ -57,7 +59,7 @@ def test_metadata_is_complete(model: OnnxClassifier) -> None:
 
 def test_examples_classified_as_labelled(model: OnnxClassifier) -> None:
     examples = labelled_examples()
-    assert len(examples) >= 6
+    assert examples  # the examples are photos never trained on (demo/examples/SOURCES.md)
     predictions = model.predict([p for p, _ in examples], top_k=1, return_attention=True)
     wrong = [(Path(p).name, pred.labels[0]) for (p, label), pred in zip(examples, predictions, strict=True)
              if pred.labels[0] != label]
@@ -68,7 +70,7 @@ def test_examples_classified_as_labelled(model: OnnxClassifier) -> None:
 def test_safetensors_weights_equal_onnx(model: OnnxClassifier) -> None:
     vit, record = load_vit(WEIGHTS)
     assert record["class_names"] == CIFAR10
-    batch = np.stack([preprocess_image(_open(p), model.info.preprocess) for p, _ in labelled_examples()])
+    batch = np.stack([preprocess_image(_open(p), model.info.preprocess) for p in example_images()])
     with torch.no_grad():
         expected = vit(torch.from_numpy(batch)).numpy()
     fp32 = OnnxClassifier(DEFAULT_CLASSIFIER, backend="onnxruntime", precision="fp32")  # the file itself

@@ -1,5 +1,6 @@
-"""Drawing relevance maps over the uploaded photo (demo/overlay.py): the box the model sees,
-opacity, the dimmed outside, display sizes, colormaps."""
+"""Framing uploads and drawing relevance maps over them (demo/overlay.py): the box the model
+sees, the whole-image framing, the model's view, opacity, the dimmed outside, display sizes,
+colormaps, the signed class map."""
 
 from __future__ import annotations
 
@@ -7,8 +8,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo.overlay import colormap_lut, crop_box, display_copy, draw_overlay, resize_map, scale_box
-from vit.preprocess import Preprocess, resize_and_crop
+from demo.overlay import (
+    colormap_lut,
+    crop_box,
+    css_gradient,
+    display_copy,
+    draw_overlay,
+    draw_signed_overlay,
+    frame,
+    mean_colour,
+    model_view,
+    resize_map,
+    scale_box,
+    signed_map,
+)
+from vit.preprocess import Preprocess, preprocess_image, resize_and_crop
 
 
 def test_crop_box_is_what_the_model_sees() -> None:
@@ -56,3 +70,69 @@ def test_colormap_and_resized_map() -> None:
     heat = resize_map(np.array([[0.0, 2.0], [1.0, 4.0]]), (40, 20))
     assert heat.shape == (20, 40) and heat.dtype == np.float32
     assert heat.min() == 0.0 and heat.max() == pytest.approx(1.0) and heat[0, 0] == 0.0
+
+
+def test_frame_crop_keeps_the_picture_and_boxes_the_centre_square() -> None:
+    photo = Image.fromarray(np.random.default_rng(1).integers(0, 255, (300, 451, 3), dtype=np.uint8))
+    spec = Preprocess(crop_size=32, resize_size=32)
+    framed = frame(photo, "crop", spec)
+    display, scale = display_copy(photo)
+    assert framed.model_input is photo and framed.display.size == display.size
+    assert framed.box == scale_box(crop_box(photo.size, spec), scale)
+    with pytest.raises(ValueError, match="framing must be one of crop, fit"):
+        frame(photo, "zoom", spec)
+
+
+@pytest.mark.parametrize("spec", [Preprocess(crop_size=32, resize_size=32),
+                                  Preprocess(crop_size=224, resize_size=256)])
+@pytest.mark.parametrize("size", [(451, 300), (300, 451), (40, 40)])
+def test_frame_fit_shows_the_model_the_whole_picture(spec: Preprocess, size: tuple[int, int]) -> None:
+    """'fit': the shared preprocessing of the framed input holds the whole picture (the mean
+    colour around it), and the page's copy has the same layout, so the box is right."""
+    photo = Image.new("RGB", size, (250, 20, 20))  # red: easy to find
+    framed = frame(photo, "fit", spec)
+    seen = resize_and_crop(framed.model_input, spec)  # what the model gets, as serving computes it
+    assert framed.model_input.size == (spec.resize_size,) * 2 and seen.size == (spec.crop_size,) * 2
+    red = np.asarray(seen)[..., 0] > 200  # (C, C)
+    rows, cols = np.flatnonzero(red.any(axis=1)), np.flatnonzero(red.any(axis=0))
+    span = max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1
+    assert span >= spec.crop_size - 1  # the long side spans the crop: nothing cut
+    if size[0] != size[1]:
+        assert tuple(np.asarray(seen)[0, 0]) == mean_colour(spec) or \
+            tuple(np.asarray(seen)[-1, -1]) == mean_colour(spec)  # padding in the mean colour
+    # the page's copy: the same picture at the same place within the model's square
+    left, top, right, bottom = framed.box
+    assert right - left == pytest.approx(bottom - top)
+    box = tuple(round(v) for v in framed.box)
+    shown = np.asarray(framed.display.crop(box).resize(seen.size))[..., 0] > 200
+    assert (shown != red).mean() < 0.08
+
+
+def test_model_view_undoes_the_normalisation() -> None:
+    photo = Image.fromarray(np.random.default_rng(2).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    spec = Preprocess(crop_size=32, resize_size=32)
+    view = model_view(preprocess_image(photo, spec), spec, scale=4)
+    assert view.size == (128, 128)
+    small = np.asarray(view.resize((32, 32), Image.Resampling.NEAREST), dtype=np.int16)
+    assert np.abs(small - np.asarray(resize_and_crop(photo, spec), dtype=np.int16)).max() <= 1
+
+
+def test_signed_overlay_colours_evidence_for_and_against() -> None:
+    photo = Image.new("RGB", (40, 40), (128, 128, 128))
+    relevance = np.array([[1.0, 0.0], [-1.0, 0.0]])  # for, none / against, none
+    out = np.asarray(draw_signed_overlay(photo, relevance, (0, 0, 40, 40), opacity=1.0), dtype=np.int16)
+    r, g, b = out[5, 5], out[35, 5], out[20, 35]
+    assert r[0] > r[2] + 60 and g[2] > g[0] + 60  # red where it raises the class, blue where it lowers it
+    assert (np.abs(b - 128) <= 2).all()  # no effect: the photo
+    np.testing.assert_array_equal(signed_map(np.array([[2.0, -4.0]])), [[0.5, -1.0]])  # 0 stays 0
+    np.testing.assert_array_equal(signed_map(np.array([[1.0, 3.0]])), [[0.0, 1.0]])  # >= 0: min-max
+    clear = np.asarray(draw_signed_overlay(photo, relevance, (0, 0, 40, 40), opacity=0.0))
+    assert (clear == 128).all()
+
+
+def test_css_gradient_is_the_colormap() -> None:
+    css = css_gradient("inferno", stops=3)
+    lut = colormap_lut("inferno")
+    assert css.startswith("linear-gradient(to right, ")
+    assert f"rgb({lut[0][0]}, {lut[0][1]}, {lut[0][2]})" in css
+    assert css.count("rgb(") == 3

@@ -102,3 +102,38 @@ def test_image_files_are_written_once_per_content_and_pruned(tmp_path: Path) -> 
     files._pruned = 0.0  # the next call may prune again
     files(red)
     assert Path(a).is_file() and not Path(b).exists()
+
+
+def test_analyze_frames_the_upload_as_asked(demo_model: dict[str, Path]) -> None:
+    """'crop' and 'fit' give the model different inputs; each session keeps the picture the
+    model was given (enlarged) and a box that covers exactly the model's square."""
+    from demo.overlay import frame, mean_colour
+    from vit.preprocess import preprocess_image
+
+    backend = OnnxBackend(demo_model["onnx"])
+    spec = backend.card.preprocess
+    wide = Image.fromarray(np.random.default_rng(3).integers(0, 255, (30, 90, 3), dtype=np.uint8))
+    crop, fit = analyze(backend, wide, "crop"), analyze(backend, wide, "fit")
+    assert (crop.framing, fit.framing) == ("crop", "fit")
+    np.testing.assert_allclose(crop.analysis.pixels, preprocess_image(wide, spec), atol=1e-6)
+    framed = frame(wide, "fit", spec).model_input
+    np.testing.assert_allclose(fit.analysis.pixels, preprocess_image(framed, spec), atol=1e-6)
+    assert not np.allclose(crop.analysis.pixels, fit.analysis.pixels)
+    assert crop.model_view.size == fit.model_view.size == (8 * spec.crop_size,) * 2
+    corner = np.asarray(fit.model_view)[0, 0]
+    assert np.abs(corner.astype(int) - mean_colour(spec)).max() <= 1  # fit: padding above the picture
+    assert fit.box == (0.0, 0.0, *fit.photo.size)  # the whole (padded) square is seen
+    left, _, right, _ = crop.box
+    assert right - left < crop.photo.width / 2  # crop: only the middle third of a 3:1 picture
+
+
+def test_class_map_drawn_red_for_and_blue_against(demo_model: dict[str, Path]) -> None:
+    backend = OnnxBackend(demo_model["onnx"])
+    session = analyze(backend, Image.new("RGB", (64, 64), (128, 128, 128)))
+    grid = np.zeros(backend.card.grid)
+    grid[0, 0], grid[-1, -1] = 1.0, -1.0
+    drawn = np.asarray(render_class_map(session, grid, 1.0), dtype=np.int16)
+    h, w = drawn.shape[:2]
+    top_left, bottom_right, middle = drawn[h // 16, w // 16], drawn[-h // 16, -w // 16], drawn[h // 2, w // 2]
+    assert top_left[0] > top_left[2] + 60 and bottom_right[2] > bottom_right[0] + 60
+    assert (np.abs(middle - 128) <= 2).all()
