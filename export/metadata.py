@@ -10,7 +10,7 @@ under a ``vit.``-prefixed key, so any ONNX tool can show it and any language can
     vit.config           ViTConfig.to_dict()
     vit.num_prefix_tokens  1 (class token) or 0
     vit.grid_size        [Gh, Gw] patch grid; N = num_prefix_tokens + Gh*Gw
-    vit.outputs          ["logits"] or ["logits", "attention"]
+    vit.outputs          ["logits"], ["logits", "attention"] or ["logits", "attention", "token_logits"]
     vit.source           {"checkpoint": path, "exported_at": ISO date, "record_source": str}
     vit.val_acc          float or null
     vit.variant          "fp32", "fp32-optimized", "int8", "fp16"
@@ -88,6 +88,11 @@ class ModelMetadata:
     @property
     def has_attention(self) -> bool:
         return "attention" in self.outputs
+
+    @property
+    def has_token_logits(self) -> bool:
+        """Class-specific maps from the file alone (:func:`vit.rollout.class_rollout`)."""
+        return "token_logits" in self.outputs and self.has_attention
 
 
 def read_metadata(path: str | Path) -> ModelMetadata:

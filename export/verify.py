@@ -16,8 +16,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from vit.relevance import token_logits
 from vit.rollout import attention_rollout
 from vit.vit import ViT
+
+from .vit_onnx import has_token_logits
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class Reference:
     logits: np.ndarray  # (B, K)
     attention: np.ndarray | None  # (B, L, H, N, N)
     labels: np.ndarray | None = None
+    token_logits: np.ndarray | None = None  # (B, Gh*Gw, K), average-pooling models
 
 
 @dataclass
@@ -70,6 +74,7 @@ class ParityReport:
     top1_agreement: float
     attention_diff: float | None = None
     rollout_diff: float | None = None
+    token_logits_diff: float | None = None
     accuracy: float | None = None
     reference_accuracy: float | None = None
     failures: list[str] = field(default_factory=list)
@@ -85,6 +90,8 @@ class ParityReport:
             parts.append(f"max|dattn|={self.attention_diff:.2e}")
         if self.rollout_diff is not None:
             parts.append(f"max|drollout|={self.rollout_diff:.2e}")
+        if self.token_logits_diff is not None:
+            parts.append(f"max|dtoken_logits|={self.token_logits_diff:.2e}")
         if self.accuracy is not None:
             parts.append(f"acc={self.accuracy:.2%} (torch fp32 {self.reference_accuracy:.2%})")
         parts.append("ok" if self.passed else "FAILED: " + "; ".join(self.failures))
@@ -93,20 +100,26 @@ class ParityReport:
 
 def torch_reference(model: ViT, inputs: np.ndarray, *, name: str, return_attention: bool,
                     labels: np.ndarray | None = None, batch_size: int = 64) -> Reference:
-    """Run the PyTorch model (eval mode, float32) on ``inputs``."""
+    """Run the PyTorch model (eval mode, float32) on ``inputs``; with ``return_attention``
+    also its attention weights and, for average-pooling models, ``token_logits``."""
     model.eval()
-    logits, weights = [], []
+    shares = return_attention and has_token_logits(model)
+    logits, weights, token_shares = [], [], []
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             x = torch.from_numpy(inputs[start:start + batch_size])
             if return_attention:
-                out, w = model(x, return_attention=True)
+                tokens, w = model.forward_features(x, return_attention=True)  # (B, N, D)
+                out = model.forward_head(tokens)
                 weights.append(torch.stack(w, dim=1).numpy())  # (B, L, H, N, N)
+                if shares:
+                    token_shares.append(token_logits(model, tokens).numpy())  # (B, Gh*Gw, K)
             else:
                 out = model(x)
             logits.append(out.numpy())
     return Reference(name, inputs, np.concatenate(logits),
-                     np.concatenate(weights) if return_attention else None, labels)
+                     np.concatenate(weights) if return_attention else None, labels,
+                     np.concatenate(token_shares) if shares else None)
 
 
 def run_onnx(path: str | Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -143,6 +156,14 @@ def check_parity(path: str | Path, ref: Reference, *, variant: str, tolerance: T
         else:
             _compare_attention(report, got["attention"], ref.attention, tolerance,
                                grid=grid, num_prefix_tokens=num_prefix_tokens, pool=pool)
+    if ref.token_logits is not None:
+        if "token_logits" not in got:
+            report.failures.append("no token_logits output")
+        else:
+            diff_shares = float(np.abs(got["token_logits"] - ref.token_logits).max())
+            report.token_logits_diff = diff_shares
+            if not diff_shares <= bound:
+                report.failures.append(f"token_logits difference {diff_shares:.2e} > {bound:.2e}")
     if ref.labels is not None and (ref.labels >= 0).any():
         known = ref.labels >= 0
         report.accuracy = float((logits.argmax(1) == ref.labels)[known].mean())

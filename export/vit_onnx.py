@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from vit.attention import configure_attention
 from vit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from vit.relevance import token_logits
 from vit.vit import ViT
 
 from .metadata import OPSET, ModelMetadata, set_metadata
@@ -47,7 +48,9 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "LayerNormalization", "SkipLayer
 
 class ExportModel(nn.Module):
     """What is traced: images (B, C, H, W) -> logits (B, K), and with ``attention`` also
-    every block's weights stacked, (B, L, H, N, N)."""
+    every block's weights stacked, (B, L, H, N, N), and for average-pooling models each
+    patch token's share of every class logit, ``token_logits`` (B, Gh*Gw, K)
+    (:func:`vit.relevance.token_logits`: class-specific maps from the file alone)."""
 
     def __init__(self, model: ViT, return_attention: bool = False) -> None:
         super().__init__()
@@ -58,15 +61,26 @@ class ExportModel(nn.Module):
         self.model = model
         self.eval()
 
-    def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, images: Tensor) -> Tensor | tuple[Tensor, ...]:
         if not self.return_attention:
             return self.model(images)
-        logits, weights = self.model(images, return_attention=True)
-        return logits, torch.stack(weights, dim=1)  # (B, L, H, N, N)
+        tokens, weights = self.model.forward_features(images, return_attention=True)  # (B, N, D)
+        logits = self.model.forward_head(tokens)
+        attention = torch.stack(weights, dim=1)  # (B, L, H, N, N)
+        if not has_token_logits(self.model):
+            return logits, attention
+        return logits, attention, token_logits(self.model, tokens)  # (B, Gh*Gw, K)
 
 
-def output_names(return_attention: bool) -> list[str]:
-    return ["logits", "attention"] if return_attention else ["logits"]
+def has_token_logits(model: ViT) -> bool:
+    """Whether files of ``model`` exported with attention also carry ``token_logits``."""
+    return model.config.global_pool == "avg" and model.config.num_classes > 0
+
+
+def output_names(return_attention: bool, token_logits: bool = False) -> list[str]:
+    if not return_attention:
+        return ["logits"]
+    return ["logits", "attention", "token_logits"] if token_logits else ["logits", "attention"]
 
 
 def export_graph(model: ViT, path: str | Path, *, return_attention: bool = False, opset: int = OPSET) -> None:
@@ -77,7 +91,8 @@ def export_graph(model: ViT, path: str | Path, *, return_attention: bool = False
     with torch.no_grad():
         torch.onnx.export(
             ExportModel(model, return_attention), (example,), str(path), dynamo=True, opset_version=opset,
-            input_names=["images"], output_names=output_names(return_attention),
+            input_names=["images"],
+            output_names=output_names(return_attention, has_token_logits(model)),
             dynamic_shapes=({0: batch},), external_data=False, verbose=False,
         )
     if not return_attention:
@@ -119,7 +134,7 @@ def build_metadata(model: ViT, record: dict[str, Any], *, checkpoint: str | Path
     return ModelMetadata(
         class_names=list(names), input_size=list(cfg.image_hw), preprocess=spec.to_dict(),
         config=cfg.to_dict(), num_prefix_tokens=cfg.num_prefix_tokens, grid_size=list(cfg.grid_size),
-        outputs=output_names(return_attention),
+        outputs=output_names(return_attention, has_token_logits(model)),
         source={"checkpoint": str(checkpoint), "record_source": record.get("source"),
                 "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
         val_acc=record.get("val_acc"), variant=variant,

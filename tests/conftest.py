@@ -174,10 +174,12 @@ def timm_checkpoint(tmp_path: Path, fmt: str) -> tuple[Path, dict[str, torch.Ten
 # --------------------------------------------------------------------------- a tiny ViT and its exports
 TINY = dict(image_size=32, patch_size=8, num_classes=len(CLASSES), dim=64, depth=2, num_heads=2,
             mlp_ratio=2.0)
+# the shipped model's kind: conv tokenizer, average pooling, no class token
+TINY_AVG = dict(TINY, class_token=False, global_pool="avg", stem="conv", stem_width=16, stem_pool=4)
 _EXPORTS: dict[object, tuple[Path, Any]] = {}
 
 
-def train_tiny(images: Path, steps: int = 40) -> tuple[Any, dict[str, Any]]:
+def train_tiny(images: Path, steps: int = 40, config: dict[str, Any] = TINY) -> tuple[Any, dict[str, Any]]:
     """A tiny ViT trained ``steps`` Adam steps on ``images`` (plain loop, CPU, ~1 s), and its
     ``vit`` record."""
     from vit.preprocess import Preprocess, preprocess_image
@@ -188,7 +190,7 @@ def train_tiny(images: Path, steps: int = 40) -> tuple[Any, dict[str, Any]]:
     paths = sorted(images.rglob("*.png"))
     x = torch.from_numpy(np.stack([preprocess_image(Image.open(p), spec) for p in paths]))
     y = torch.tensor([CLASSES.index(p.parent.name) for p in paths])
-    model = ViT(ViTConfig(**TINY))
+    model = ViT(ViTConfig(**config))
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     model.train()
     with single_thread():  # a model this small trains 4x faster on one thread of a busy CPU
@@ -223,6 +225,20 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -
     """:func:`train_tiny` on :func:`tiny_data`, saved as a Lightning-style ``.ckpt``."""
     model, record = train_tiny(tiny_data)
     return save_ckpt(model, record, tmp_path_factory.mktemp("export_ckpt") / "tiny.ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_avg_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    """:func:`train_tiny` with :data:`TINY_AVG` (the shipped model's layout), as a ``.ckpt``."""
+    model, record = train_tiny(tiny_data, config=TINY_AVG)
+    return save_ckpt(model, record, tmp_path_factory.mktemp("export_ckpt") / "tiny_avg.ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_token_logits(tmp_path_factory: pytest.TempPathFactory, tiny_avg_checkpoint: Path,
+                           tiny_data: Path) -> Path:
+    """:func:`tiny_avg_checkpoint` exported with attention: outputs logits, attention, token_logits."""
+    return exported(tmp_path_factory, tiny_avg_checkpoint, tiny_data, return_attention=True)[0]
 
 
 def exported(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path, data: Path,

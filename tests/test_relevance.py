@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import GRID, PATCH, one_patch_images, train_one_patch_vit
 
-from vit.relevance import class_relevance, forward_with_attention, patch_grid
+from vit.relevance import class_relevance, forward_with_attention, logit_offset, patch_grid, token_logits
 from vit.rollout import attention_rollout
 from vit.vit import ViT, ViTConfig
 
@@ -57,3 +57,25 @@ def test_patch_grid_rounds_up() -> None:
                           dynamic_img_pad=True))
     assert patch_grid(model, torch.zeros(1, 3, 16, 16)) == (4, 4)
     assert patch_grid(model, torch.zeros(1, 3, 17, 30)) == (5, 8)
+
+
+@pytest.mark.parametrize("fc_norm,reg_tokens", [(True, 0), (False, 0), (True, 2)])
+def test_token_logits_split_every_logit_exactly(fc_norm: bool, reg_tokens: int) -> None:
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=16, patch_size=4, dim=32, depth=2, num_heads=2, num_classes=5,
+                       class_token=False, global_pool="avg", fc_norm=fc_norm, reg_tokens=reg_tokens)
+    model = ViT(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # non-trivial norms and biases
+            p.add_(0.1 * torch.randn_like(p))
+        tokens, _ = model.forward_features(torch.randn(3, 3, 16, 16))
+        shares = token_logits(model, tokens)  # (B, Gh*Gw, K)
+        assert shares.shape == (3, 16, 5)
+        torch.testing.assert_close(shares.sum(dim=1) + logit_offset(model), model.forward_head(tokens),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_token_logits_needs_average_pooling() -> None:
+    model = ViT(ViTConfig(image_size=16, patch_size=4, dim=32, depth=1, num_heads=2, num_classes=5))
+    with pytest.raises(ValueError, match="average-pooling"):
+        token_logits(model, torch.randn(1, 17, 32))

@@ -12,6 +12,7 @@ import pytest
 from vit.rollout import (
     add_residual,
     attention_rollout,
+    class_rollout,
     discard_weakest,
     gradient_weighted_rollout,
     normalize_maps,
@@ -171,3 +172,19 @@ def test_bad_arguments_say_what_is_wrong(kwargs: dict, message: str) -> None:
 def test_rollout_module_is_torch_free() -> None:
     code = "import sys, vit.rollout; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_class_rollout_keeps_the_class_total_and_checks_its_inputs() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.random((2, 3, 2, 6, 6))
+    w /= w.sum(-1, keepdims=True)  # (B, L, H, N, N) rows summing to 1, 2 registers + 2x2 patches
+    shares = rng.standard_normal((2, 4, 3))  # (B, Gh*Gw, K)
+    maps = class_rollout(w, shares, [2, 0], num_prefix_tokens=2, grid=(2, 2))
+    assert maps.shape == (2, 2, 2)
+    identity = np.broadcast_to(np.eye(6), (2, 1, 1, 6, 6))  # no mixing: the map is the shares
+    np.testing.assert_allclose(class_rollout(identity, shares, 1, num_prefix_tokens=2, grid=(2, 2)),
+                               shares[:, :, 1].reshape(2, 2, 2))
+    with pytest.raises(ValueError, match="token_logits must have shape"):
+        class_rollout(w, shares[:, :3], 0, num_prefix_tokens=2, grid=(2, 2))
+    with pytest.raises(ValueError, match="class index out of range"):
+        class_rollout(w, shares, 3, num_prefix_tokens=2, grid=(2, 2))

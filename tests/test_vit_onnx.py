@@ -16,7 +16,8 @@ from export.vit_onnx import ExportModel, build_metadata, count_ops, output_names
 from vit.attention import MultiHeadAttention
 from vit.checkpoint import load_vit
 from vit.preprocess import IMAGENET_MEAN
-from vit.rollout import attention_rollout
+from vit.relevance import logit_offset, token_logits
+from vit.rollout import attention_rollout, class_rollout
 from vit.vit import ViT, ViTConfig
 
 
@@ -57,10 +58,32 @@ def test_export_only_attention_layout_equals_the_model() -> None:
     assert all(not m.split_qkv for m in model.modules() if isinstance(m, MultiHeadAttention))  # a copy
 
 
+def test_token_logits_output_equals_pytorch_and_sums_to_the_logits(tiny_onnx_token_logits: Path,
+                                                                   tiny_avg_checkpoint: Path) -> None:
+    """Average-pooling files also carry each token's share of every class logit; the
+    class-specific map computed from the file alone equals the one from PyTorch."""
+    model, _ = load_vit(tiny_avg_checkpoint)
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    logits, attention, shares = onnx_outputs(tiny_onnx_token_logits, x)
+    assert read_metadata(tiny_onnx_token_logits).outputs == ["logits", "attention", "token_logits"]
+    with torch.no_grad():
+        tokens, weights = model.forward_features(torch.from_numpy(x), return_attention=True)
+        want = token_logits(model, tokens).numpy()  # (B, Gh*Gw, K)
+    assert shares.shape == (3, 16, 3)
+    np.testing.assert_allclose(shares, want, atol=1e-5)
+    np.testing.assert_allclose(shares.sum(axis=1) + logit_offset(model).detach().numpy(), logits, atol=1e-4)
+    torch_maps = class_rollout(torch.stack(weights, 1).numpy(), want, [0, 1, 2], grid=(4, 4))
+    onnx_maps = class_rollout(attention, shares, [0, 1, 2], grid=(4, 4))
+    np.testing.assert_allclose(onnx_maps, torch_maps, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(onnx_maps.sum(axis=(1, 2)), (shares.sum(axis=1))[np.arange(3), [0, 1, 2]],
+                               rtol=1e-5)  # rollout rows sum to 1: the map keeps the class's total
+
+
 def test_output_names_and_graph_layouts(tiny_onnx: Path, tiny_onnx_attention: Path) -> None:
     """The logits-only graph has the split q/k/v layout (three projections on plain weights per
     block, no slices of the packed weight); the attention graph keeps the packed ``qkv``."""
     assert output_names(False) == ["logits"] and output_names(True) == ["logits", "attention"]
+    assert output_names(True, token_logits=True) == ["logits", "attention", "token_logits"]
     ops = ("LayerNormalization", "Softmax", "MatMul", "Slice", "NoSuchOp")
     split, packed = count_ops(tiny_onnx, ops), count_ops(tiny_onnx_attention, ops)
     depth = TINY["depth"]
