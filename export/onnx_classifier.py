@@ -47,8 +47,9 @@ __all__ = ["OnnxClassifier", "Prediction", "ModelInfo", "resolve_providers", "PR
 @dataclass
 class Prediction:
     """Top-k classes of one image, best first: ``labels``, their softmax ``scores`` and class
-    ``indices``; ``logits`` (K,) over all classes; ``attention`` (L, H, N, N) when the file has
-    an attention output, else ``None``; ``path`` when the image came from a file. A file that
+    ``indices``; ``logits`` (K,) over all classes; ``attention`` (L, H, N, N) when asked for
+    (``return_attention=True``, or a :meth:`OnnxClassifier.decode` of outputs that hold it),
+    else ``None``; ``path`` when the image came from a file. A file that
     could not be classified (``errors="record"``) has ``error`` set and no classes."""
 
     labels: list[str]

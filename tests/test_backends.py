@@ -85,6 +85,16 @@ def test_openvino_not_installed_serves_with_onnxruntime(tiny_onnx: Path, monkeyp
         backends.openvino_capabilities.cache_clear()
 
 
+def test_openvino_serves_without_onnxruntime(tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setattr(providers, "_checked", True)
+    clf = OnnxClassifier(tiny_onnx)  # the metadata is read with onnx, the graph run by OpenVINO
+    assert clf.backend == "openvino" and len(clf.predict(np.zeros((32, 32, 3), np.uint8))[0].labels) == 3
+    assert OnnxClassifier(tiny_onnx, backend="onnxruntime", precision="fp32").backend == "openvino"
+    assert "backend onnxruntime is not available (onnxruntime is not installed" in caplog.text
+
+
 def test_openvino_that_cannot_compile_falls_back(tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     def refuse(path, **kwargs):

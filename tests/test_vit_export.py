@@ -64,6 +64,8 @@ def test_optimized_int8_and_fp16_variants(variants: tuple[Path, vit_export.Expor
     assert fp32["passed"] and fp32["max_logit_diff"] < 1e-4
     clf = OnnxClassifier(out)
     assert clf.predict_batch(np.zeros((1, 3, 32, 32), np.float32))["logits"].shape == (1, len(CLASSES))
+    int8 = OnnxClassifier(result.files["int8"])  # served as it is, where it was verified
+    assert (int8.backend, int8.precision) == ("onnxruntime", "int8")
     if ("fp16", "images") in reports:  # the CPU provider could run it
         assert reports[("fp16", "images")].passed
     else:
