@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -291,8 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.ERROR)
     counts = sorted({os.cpu_count() or 1 if t.strip() == "all" else int(t) for t in args.threads.split(",")})
-
     workdir = Path(tempfile.mkdtemp(prefix="vit-bench-"))
+    try:
+        return run(args, counts, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, counts: list[int], workdir: Path) -> int:
     weights = args.checkpoint or find_weights(args.model or DEFAULT_CLASSIFIER)
     vit = load_vit(weights)[0].eval() if weights else None
     path = args.model or (None if args.checkpoint else DEFAULT_CLASSIFIER)
