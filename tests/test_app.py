@@ -451,3 +451,43 @@ def test_backend_and_precision_flags(demo_model: dict[str, Path], capsys: pytest
     assert "invalid choice" in capsys.readouterr().err
     assert main(["--model", str(demo_model["checkpoint"]), "--backend", "openvino"]) == 2
     assert "--backend and --precision apply to .onnx files" in capsys.readouterr().err
+
+
+def test_an_onnx_file_with_class_maps_gets_them_on_the_page_and_through_explain(
+        demo_model: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ONNX path with OnnxClassifier.class_map (#19), stubbed here so the demo's side is
+    pinned whatever the file: the card says class-specific, /classify answers the top class's
+    map, /explain (documented) any class's, each the stub's map for that class."""
+    from gradio_client import Client, handle_file
+
+    from demo.views import render_class_map
+    from export.onnx_classifier import ModelInfo
+
+    def fake_map(self: OnnxClassifier, pixels: np.ndarray, class_index: int) -> np.ndarray:
+        grid = self.info.grid
+        return (np.arange(grid[0] * grid[1], dtype=np.float64).reshape(grid) - 3.0 * class_index) / 10.0
+
+    monkeypatch.setattr(ModelInfo, "class_specific", True, raising=False)
+    monkeypatch.setattr(OnnxClassifier, "class_map", fake_map, raising=False)
+    backend = OnnxBackend(demo_model["onnx"])
+    assert backend.card.class_specific and "exact share of the class score" in backend.card.class_method
+    app = build_app(backend)
+    app.queue(**queue_options())
+    app.launch(prevent_thread_lock=True, quiet=True, **launch_options())
+    try:
+        client = Client(app.local_url, verbose=False)
+        assert "/explain" in client.view_api(return_format="dict")["named_endpoints"]
+        path = example_images()[0]
+        label, _, _, class_map, chosen = client.predict(handle_file(path), api_name="/classify")
+        assert chosen == label["label"]
+        session = analyze(backend, open_upload(path))
+        want = render_class_map(session, fake_map(backend.classifier, session.analysis.pixels,
+                                                  CLASSES.index(chosen)), 0.5)
+        np.testing.assert_array_equal(np.asarray(Image.open(class_map).convert("RGB")), np.asarray(want))
+        other = next(c for c in CLASSES if c != chosen)
+        drawn = client.predict(image=handle_file(path), label=other, api_name="/explain")
+        want = render_class_map(session, fake_map(backend.classifier, session.analysis.pixels,
+                                                  CLASSES.index(other)), 0.5)
+        np.testing.assert_array_equal(np.asarray(Image.open(drawn).convert("RGB")), np.asarray(want))
+    finally:
+        app.close()
