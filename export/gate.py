@@ -9,7 +9,9 @@ verifies against PyTorch). A combination passes when, on those images,
 - for files with an ``attention`` output: no attention weight moves by more than 0.15 and
   the rollout maps the demo draws stay within 5% of their peak value
   (:class:`GateTolerance`; bf16 keeps 8 bits of mantissa, so where attention is sharp a
-  single softmax weight moves by up to ~0.1 while the rollout moves ~2%).
+  single softmax weight moves by up to ~0.1 while the rollout moves ~2%); with a
+  ``token_logits`` output (class maps from the file) those move by at most 5% of their
+  largest value too.
 
 The verdicts go into the file's metadata as ``vit.gate`` (:func:`write_gate`: a temporary
 file in the same folder, then a rename; the graph is untouched), where
@@ -62,6 +64,7 @@ class GateTolerance:
     max_accuracy_change: float = 0.002
     attention_atol: float = 0.15
     rollout_rtol: float = 0.05
+    token_logits_rtol: float = 0.05
 
 
 TOLERANCE = GateTolerance()
@@ -80,6 +83,7 @@ class GateResult:
     reference_accuracy: float | None = None
     attention_diff: float | None = None
     rollout_diff: float | None = None
+    token_logits_diff: float | None = None  # relative to the reference's largest value
     failures: list[str] = field(default_factory=list)
 
     @property
@@ -131,6 +135,8 @@ class _Tally:
         self.top1: list[np.ndarray] = []
         self.attention_diff: float | None = None
         self.rollout_diff, self.rollout_peak = 0.0, 0.0
+        self.shares_diff: float | None = None
+        self.shares_peak = 0.0
 
     def add(self, got: dict[str, np.ndarray], want: dict[str, np.ndarray], rollout: Any) -> None:
         self.logit_diff = max(self.logit_diff, float(np.abs(got["logits"] - want["logits"]).max()))
@@ -141,6 +147,10 @@ class _Tally:
             ours, theirs = rollout(got["attention"]), rollout(want["attention"])  # (B, Gh, Gw)
             self.rollout_diff = max(self.rollout_diff, float(np.abs(ours - theirs).max()))
             self.rollout_peak = max(self.rollout_peak, float(np.abs(theirs).max()))
+        if "token_logits" in want:  # (B, Gh*Gw, K)
+            diff = float(np.abs(got["token_logits"] - want["token_logits"]).max())
+            self.shares_diff = max(self.shares_diff or 0.0, diff)
+            self.shares_peak = max(self.shares_peak, float(np.abs(want["token_logits"]).max()))
 
 
 def run_gate(path: str | Path, inputs: np.ndarray, labels: np.ndarray | None = None, *,
@@ -213,6 +223,11 @@ def _verdict(combo: tuple[str, str], tally: _Tally, ref_top1: np.ndarray, labels
         if not result.rollout_diff <= tolerance.rollout_rtol:
             result.failures.append(f"relative rollout difference {result.rollout_diff:.2e} > "
                                    f"{tolerance.rollout_rtol}")
+    if tally.shares_diff is not None:
+        result.token_logits_diff = tally.shares_diff / max(tally.shares_peak, 1e-12)
+        if not result.token_logits_diff <= tolerance.token_logits_rtol:
+            result.failures.append(f"relative token_logits difference {result.token_logits_diff:.2e} > "
+                                   f"{tolerance.token_logits_rtol}")
     if not np.isfinite(tally.logit_diff):
         result.failures.append("non-finite logits")
     return result
@@ -233,13 +248,14 @@ def format_gate(record: dict[str, Any], choice: str | None = None) -> str:
     lines = [f"parity gate on {record['count']} {record['images']} against {record['reference']}"
              + (f" (accuracy {acc:.2%})" if acc is not None else "") + ":",
              f"  {'backend':<12} {'precision':<9} {'top-1 agree':>11} {'accuracy':>9} {'max|dlogit|':>11} "
-             f"{'max|dattn|':>10} {'rollout':>8}  verdict"]
+             f"{'max|dattn|':>10} {'rollout':>8} {'classes':>8}  verdict"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for r in record["results"]:
         verdict = "passed" if r["passed"] else "FAILED: " + "; ".join(r["failures"])
         lines.append(f"  {r['backend']:<12} {r['precision']:<9} {r['top1_agreement']:>11.2%} "
                      f"{fmt(r['accuracy'], '.2%'):>9} {fmt(r['max_logit_diff'], '.1e'):>11} "
-                     f"{fmt(r['attention_diff'], '.1e'):>10} {fmt(r['rollout_diff'], '.1e'):>8}  {verdict}")
+                     f"{fmt(r['attention_diff'], '.1e'):>10} {fmt(r['rollout_diff'], '.1e'):>8} "
+                     f"{fmt(r.get('token_logits_diff'), '.1e'):>8}  {verdict}")
     if choice:
         lines.append(f"  auto serves this file with {choice} on this machine")
     return "\n".join(lines)

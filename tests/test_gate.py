@@ -50,6 +50,19 @@ def test_gate_records_every_backend_and_passes_fp32(fresh: Path, tiny_data: Path
     assert "parity gate on 36 tiny shapes against onnxruntime fp32" in table and "passed" in table
 
 
+def test_gate_compares_class_shares_of_average_pooling_files(tiny_onnx_token_logits: Path) -> None:
+    """Files with token_logits (class maps from the file) have them gated as well."""
+    record = read_metadata(tiny_onnx_token_logits).gate  # written by vit-export --verify-images
+    fp32 = next(r for r in record["results"] if (r["backend"], r["precision"]) == ("openvino", "fp32"))
+    assert fp32["passed"] and fp32["token_logits_diff"] < 1e-4 and fp32["rollout_diff"] < 1e-3
+    strict = GateTolerance(token_logits_rtol=-1.0)  # nothing passes
+    x, labels = load_images(Path(record["images"].removeprefix("images from ")),
+                            read_metadata(tiny_onnx_token_logits), 12)
+    failed = run_gate(tiny_onnx_token_logits, x, labels, combos=[("openvino", "fp32")], tolerance=strict)
+    assert failed["results"][0]["failures"][-1].startswith("relative token_logits difference")
+    assert "classes" in format_gate(failed)
+
+
 def test_failed_precision_is_not_used_by_auto(fresh: Path, tiny_data: Path) -> None:
     if not HAS_BF16:
         pytest.skip("this CPU has no bf16")
