@@ -78,6 +78,9 @@ def _describe_source(source: Any) -> str:
 
 BACKENDS = ("auto", "onnxruntime", "openvino")
 PRECISIONS = ("auto", "fp32", "bf16")
+# the class-specific map of both model types: the most faithful in benchmarks/faithfulness.py
+OCCLUSION = ("how much the class's score falls when the patch is blanked to the average colour "
+             "(occlusion, measured on the model itself)")
 
 
 class OnnxBackend:
@@ -111,8 +114,7 @@ class OnnxBackend:
             stem=str(cfg.get("stem", "patch")),
             source=_describe_source(info.source), val_acc=info.val_acc, has_attention=info.has_attention,
             class_specific=class_specific,
-            class_method="each final token's exact share of the class score, carried back to the "
-                         "patches along the attention flows" if class_specific else "",
+            class_method=OCCLUSION if class_specific else "",
         )
 
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
@@ -132,8 +134,8 @@ class OnnxBackend:
 
 
 class TorchBackend:
-    """Serves a project checkpoint through PyTorch and adds the gradient-weighted,
-    class-specific map of :mod:`vit.relevance`."""
+    """Serves a project checkpoint through PyTorch, with the same class-specific map as the
+    ONNX path (occlusion, :func:`vit.relevance.occlusion_relevance`)."""
 
     def __init__(self, path: str | Path) -> None:
         import torch  # noqa: F401  (only here: the ONNX path never imports torch)
@@ -153,8 +155,7 @@ class TorchBackend:
             num_prefix_tokens=cfg.num_prefix_tokens, pool=cfg.global_pool, depth=cfg.depth,
             num_heads=cfg.num_heads, stem=cfg.stem, source=_describe_source(record.get("source")),
             val_acc=record.get("val_acc"), has_attention=True, class_specific=True,
-            class_method="attention weighted by its gradient for the class, rolled out through the layers "
-                         "(Chefer et al. 2021)",
+            class_method=OCCLUSION,
         )
 
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
@@ -176,9 +177,9 @@ class TorchBackend:
     def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None:
         import torch
 
-        from vit.relevance import class_relevance
+        from vit.relevance import occlusion_relevance
 
-        return class_relevance(self.model, torch.from_numpy(pixels)[None], class_index)[0]  # (Gh, Gw)
+        return occlusion_relevance(self.model, torch.from_numpy(pixels)[None], class_index)[0]  # (Gh, Gw)
 
 
 def load_backend(path: str | Path, *, backend: str = "auto",

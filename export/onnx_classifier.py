@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vit.occlusion import occluded, occlusion_map
 from vit.preprocess import Preprocess, normalize, resize_and_crop, to_rgb
+from vit.rollout import class_rollout
 
 from .backends import Runner, open_backend
 from .images import ImageLoadError, Missing, find_images, load_image
@@ -90,6 +92,18 @@ class ModelInfo:
     input_size: tuple[int, int]
     outputs: list[str]
     variant: str
+
+    @property
+    def class_specific(self) -> bool:
+        """Class-specific maps are available (:meth:`OnnxClassifier.class_map`): occlusion
+        needs only the logits, so every file has them."""
+        return True
+
+    @property
+    def class_map_methods(self) -> list[str]:
+        """The class-map methods this file supports, the default first."""
+        return ["occlusion", "class-rollout"] if {"attention", "token_logits"} <= set(self.outputs) \
+            else ["occlusion"]
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> ModelInfo:
@@ -275,6 +289,35 @@ class OnnxClassifier:
             for pred, path in zip((r for r in results if r.error is None), paths, strict=True):
                 pred.path = path
         return results  # type: ignore[return-value]
+
+    def class_map(self, pixels: np.ndarray, class_index: int | Sequence[int],
+                  method: str = "occlusion") -> np.ndarray:
+        """Class-specific relevance of each patch for one preprocessed image (3, H, W):
+        (Gh, Gw) for one class index, (n, Gh, Gw) for several.
+
+        ``occlusion`` (every file; one batch of Gh*Gw runs): how much the class logit falls
+        when the patch is blanked to the dataset's mean colour (:mod:`vit.occlusion`).
+        ``class-rollout`` (files with ``token_logits``; no extra run): each final token's exact
+        share of the class logit carried back to the patches along the attention rollout
+        flows (:func:`vit.rollout.class_rollout`)."""
+        if method not in self.info.class_map_methods:
+            raise ValueError(f"method: {method!r} is not available for {self.path} "
+                             f"(available: {', '.join(self.info.class_map_methods)})")
+        h, w = self.info.input_size
+        if pixels.shape != (3, h, w):
+            raise ValueError(f"expected one preprocessed image (3, {h}, {w}), got {tuple(pixels.shape)}")
+        grid = self.info.grid
+        if method == "class-rollout":
+            out = self.predict_batch(pixels[None], ["attention", "token_logits"])
+            index = np.asarray(class_index)
+            maps = np.concatenate([
+                class_rollout(out["attention"], out["token_logits"], int(c),
+                              num_prefix_tokens=self.info.num_prefix_tokens, grid=grid)
+                for c in index.reshape(-1)])  # (n, Gh, Gw)
+            return maps if index.ndim else maps[0]
+        logits = self.predict_batch(pixels[None], ["logits"])["logits"][0]  # (K,)
+        copies = occluded(pixels.astype(np.float32, copy=False), grid)  # (Gh*Gw, 3, H, W)
+        return occlusion_map(logits, self.predict_batch(copies, ["logits"])["logits"], class_index, grid)
 
     def decode(self, outputs: dict[str, np.ndarray], top_k: int = 5) -> list[Prediction]:
         """Model outputs of a batch -> one :class:`Prediction` per row."""

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .occlusion import occluded, occlusion_map
 from .rollout import gradient_weighted_rollout
 from .vit import ViT
 
@@ -68,6 +69,22 @@ def logit_offset(model: ViT) -> Tensor:
     norm, head = model.fc_norm, model.head
     beta = norm.bias if isinstance(norm, torch.nn.LayerNorm) else torch.zeros_like(head.weight[0])
     return head.weight @ beta + head.bias
+
+
+def occlusion_relevance(model: ViT, images: Tensor, classes: int | Sequence[int]) -> np.ndarray:
+    """Occlusion maps (:mod:`vit.occlusion`) through PyTorch: images (B, C, H, W) and one
+    class per image (or one for all) -> (B, Gh, Gw), the drop of the class logit when each
+    patch is blanked. The ONNX path computes the same from the file alone
+    (``OnnxClassifier.class_map``)."""
+    grid = patch_grid(model, images)
+    index = np.broadcast_to(np.asarray(classes, dtype=np.int64).reshape(-1), (images.shape[0],))
+    maps = []
+    with torch.inference_mode():
+        for pixels, c in zip(images.float().numpy(), index, strict=True):
+            logits = model(torch.from_numpy(pixels)[None])[0].numpy()  # (K,)
+            blanked = model(torch.from_numpy(occluded(pixels, grid))).numpy()  # (Gh*Gw, K)
+            maps.append(occlusion_map(logits, blanked, int(c), grid))
+    return np.stack(maps)  # (B, Gh, Gw)
 
 
 def class_relevance(
