@@ -10,9 +10,10 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from conftest import REPO, one_patch_images, train_one_patch_vit
+from conftest import REPO, make_image_folder, one_patch_images, train_one_patch_vit
 from PIL import Image
 
+from export.vit_export import ExportOptions, export_checkpoint
 from vit.checkpoint import save_vit
 from vit.preprocess import Preprocess
 
@@ -43,17 +44,41 @@ def test_deletion_ranks_faithful_maps_above_random(tmp_path: Path, capsys: pytes
         folder = tmp_path / "data" / record["class_names"][label]
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray((image.transpose(1, 2, 0) * 255 + 0.5).astype(np.uint8)).save(folder / f"{i}.png")
-    out = tmp_path / "results.json"
-    args = ["--checkpoint", str(tmp_path / "one_patch.safetensors"), "--data", str(tmp_path / "data"),
-            "--num-images", "40", "--steps", "4", "--output", str(out)]
-    assert bench.main(args) == 0
-    printed = capsys.readouterr().out
-    assert "AUC" in printed and "random" in printed
-    results = json.loads(out.read_text())
-    auc = {m: r["auc"] for m, r in results["methods"].items()}
-    print(auc)
-    assert results["accuracy"] > 0.95
-    for method in ("rollout", "gradient"):
-        assert auc[method] < auc["random"] - 0.1, auc
-    for r in results["methods"].values():  # nothing removed yet: every curve starts at the model's prob
-        assert r["mean_curve"][0] == results["methods"]["random"]["mean_curve"][0]
+    export_checkpoint(tmp_path / "one_patch.safetensors", tmp_path / "one_patch.onnx",
+                      ExportOptions(return_attention=True, num_verify=8))
+    for flag, path in (("--checkpoint", "one_patch.safetensors"), ("--model", "one_patch.onnx")):
+        out = tmp_path / f"{path}.json"
+        args = [flag, str(tmp_path / path), "--data", str(tmp_path / "data"), "--num-images", "40",
+                "--steps", "4", "--output", str(out)]
+        assert bench.main(args) == 0
+        printed = capsys.readouterr().out
+        assert "deletion AUC" in printed and "insertion AUC" in printed and "per class" in printed
+        results = json.loads(out.read_text())
+        deletion = {m: r["deletion"]["auc"] for m, r in results["methods"].items()}
+        insertion = {m: r["insertion"]["auc"] for m, r in results["methods"].items()}
+        print(flag, deletion, insertion)
+        assert results["accuracy"] > 0.95
+        faithful = ("rollout", "occlusion") + (("gradient",) if flag == "--checkpoint" else ())
+        assert set(faithful) < set(deletion) and ("gradient" in deletion) == (flag == "--checkpoint")
+        for method in faithful:
+            assert deletion[method] < deletion["random"] - 0.1, deletion
+            assert insertion[method] > insertion["random"] + 0.1, insertion
+        for r in results["methods"].values():  # nothing removed yet: every curve starts at the model's prob
+            assert r["deletion_curve"][0] == results["methods"]["random"]["deletion_curve"][0]
+            assert r["insertion_curve"][-1] == r["deletion_curve"][0]  # everything restored
+        assert set(results["per_class"]["random"]) == {"red", "blue"}
+
+
+def test_validation_split_is_vit_trains(tmp_path: Path) -> None:
+    """--split val draws only from the images vit-train holds out (same scan, same split)."""
+    from vit.image_folder import scan_folder, split_indices
+
+    bench = load_benchmark()
+    make_image_folder(tmp_path / "data", per_class=20)
+    found = scan_folder(tmp_path / "data")
+    _, val = split_indices(found.labels, 0.25, 3)
+    items = bench.sample_images(tmp_path / "data", list(reversed(found.class_names)), 100, 0, split="val",
+                                val_fraction=0.25, split_seed=3)
+    assert sorted(p for p, _ in items) == sorted(found.files[i] for i in val)
+    names = list(reversed(found.class_names))  # the model's order need not be the folder's
+    assert all(names[label] == path.parent.name for path, label in items)
