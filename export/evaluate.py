@@ -49,7 +49,7 @@ def evaluate(model: OnnxClassifier, root: str | Path, val_fraction: float, seed:
         for i in chunk:
             with Image.open(index.files[i]) as image:
                 batch.append(preprocess_image(image, model.info.preprocess))
-        logits = model.predict_batch(np.stack(batch))["logits"]  # (B, K)
+        logits = model.predict_batch(np.stack(batch), ["logits"])["logits"]  # (B, K)
         for i, pred in zip(chunk, logits.argmax(axis=1), strict=False):
             confusion[index.labels[i], pred] += 1
     per_class = confusion.diagonal() / confusion.sum(axis=1)
