@@ -2,7 +2,7 @@
 
     vit-demo                                   # serves models/cifar10_vit.onnx (no torch)
     vit-demo --backend openvino --precision bf16   # choose what runs the ONNX file
-    vit-demo --model run/best.ckpt             # PyTorch (class-specific maps by gradients)
+    vit-demo --model run/best.ckpt             # a checkpoint, through PyTorch
     vit-demo --host 0.0.0.0 --port 7860        # reachable from other machines
 
 The page: the picture and its framing (centre crop or the whole image) on the left, with

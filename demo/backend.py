@@ -1,6 +1,6 @@
-"""What the demo serves from: an exported ONNX file (the default, torch-free; class-specific
-maps where the file has the outputs for them) or a PyTorch checkpoint
-(``.ckpt``/``.safetensors``, class-specific maps by gradients).
+"""What the demo serves from: an exported ONNX file (the default, torch-free) or a PyTorch
+checkpoint (``.ckpt``/``.safetensors``); both give the same class-specific maps (occlusion,
+:mod:`vit.occlusion`).
 
 Both give the same :class:`ModelCard` and :class:`Analysis`; only
 :class:`TorchBackend` imports torch, and only when it is built.
@@ -46,8 +46,8 @@ class ModelCard:
 @dataclass
 class Analysis:
     """One image through the model: top-k classes (best first), the attention weights
-    (L, H, N, N) when the model gives them, and for checkpoints the class-specific map
-    (Gh, Gw) of the top class."""
+    (L, H, N, N) when the model gives them, and the class-specific map (Gh, Gw) of the top
+    class."""
 
     labels: list[str]
     probs: list[float]

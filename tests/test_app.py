@@ -226,7 +226,7 @@ def test_model_panel_describes_the_model(demo_model: dict[str, Path]) -> None:
     assert "attention rollout and one layer's attention" in onnx
     assert ("class-specific" in onnx) == card.class_specific
     torch_panel = model_panel(TorchBackend(demo_model["checkpoint"]).card)
-    assert "PyTorch" in torch_panel and "class-specific: attention weighted by its gradient" in torch_panel
+    assert "PyTorch" in torch_panel and "class-specific: how much the class's score falls" in torch_panel
 
 
 def test_page_text_matches_the_model(demo_model: dict[str, Path]) -> None:
@@ -397,7 +397,7 @@ def test_api_page_examples_run_as_shown(demo_server: gr.Blocks) -> None:
 
 @pytest.fixture(scope="module")
 def torch_demo_server(demo_model: dict[str, Path]) -> Iterator[gr.Blocks]:
-    """The demo on the checkpoint (PyTorch, gradient-weighted class maps), launched as vit-demo does."""
+    """The demo on the checkpoint (PyTorch, the same occlusion class maps), launched as vit-demo does."""
     app = build_app(TorchBackend(demo_model["checkpoint"]))
     app.queue(**queue_options())
     app.launch(prevent_thread_lock=True, quiet=True, **launch_options())
@@ -410,7 +410,7 @@ def torch_demo_server(demo_model: dict[str, Path]) -> Iterator[gr.Blocks]:
 def test_explain_gives_any_class_of_every_model_type(demo_server: gr.Blocks,
                                                      torch_demo_server: gr.Blocks) -> None:
     """/explain: the class-specific map of any class, through the API, for every served model
-    type (the checkpoint's gradients; the ONNX file's own maps where it has them). It takes
+    type (occlusion, from the checkpoint or the ONNX file alone). It takes
     the image itself, or explains the session's last /classify; the map changes with the class."""
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
@@ -454,23 +454,16 @@ def test_backend_and_precision_flags(demo_model: dict[str, Path], capsys: pytest
 
 
 def test_an_onnx_file_with_class_maps_gets_them_on_the_page_and_through_explain(
-        demo_model: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ONNX path with OnnxClassifier.class_map (#19), stubbed here so the demo's side is
-    pinned whatever the file: the card says class-specific, /classify answers the top class's
-    map, /explain (documented) any class's, each the stub's map for that class."""
+        demo_model: dict[str, Path]) -> None:
+    """The ONNX path serves class-specific maps from the file alone (OnnxClassifier.class_map,
+    #19): the card says so, /classify answers the top class's map, /explain (documented) any
+    class's, each exactly the classifier's map for that class, drawn."""
     from gradio_client import Client, handle_file
 
     from demo.views import render_class_map
-    from export.onnx_classifier import ModelInfo
 
-    def fake_map(self: OnnxClassifier, pixels: np.ndarray, class_index: int) -> np.ndarray:
-        grid = self.info.grid
-        return (np.arange(grid[0] * grid[1], dtype=np.float64).reshape(grid) - 3.0 * class_index) / 10.0
-
-    monkeypatch.setattr(ModelInfo, "class_specific", True, raising=False)
-    monkeypatch.setattr(OnnxClassifier, "class_map", fake_map, raising=False)
     backend = OnnxBackend(demo_model["onnx"])
-    assert backend.card.class_specific and "exact share of the class score" in backend.card.class_method
+    assert backend.card.class_specific and "occlusion" in backend.card.class_method
     app = build_app(backend)
     app.queue(**queue_options())
     app.launch(prevent_thread_lock=True, quiet=True, **launch_options())
@@ -481,13 +474,12 @@ def test_an_onnx_file_with_class_maps_gets_them_on_the_page_and_through_explain(
         label, _, _, class_map, chosen = client.predict(handle_file(path), api_name="/classify")
         assert chosen == label["label"]
         session = analyze(backend, open_upload(path))
-        want = render_class_map(session, fake_map(backend.classifier, session.analysis.pixels,
-                                                  CLASSES.index(chosen)), 0.5)
+        pixels = session.analysis.pixels
+        want = render_class_map(session, backend.classifier.class_map(pixels, CLASSES.index(chosen)), 0.5)
         np.testing.assert_array_equal(np.asarray(Image.open(class_map).convert("RGB")), np.asarray(want))
         other = next(c for c in CLASSES if c != chosen)
         drawn = client.predict(image=handle_file(path), label=other, api_name="/explain")
-        want = render_class_map(session, fake_map(backend.classifier, session.analysis.pixels,
-                                                  CLASSES.index(other)), 0.5)
+        want = render_class_map(session, backend.classifier.class_map(pixels, CLASSES.index(other)), 0.5)
         np.testing.assert_array_equal(np.asarray(Image.open(drawn).convert("RGB")), np.asarray(want))
     finally:
         app.close()

@@ -70,7 +70,7 @@ CLASS_NAME = re.compile("|".join(CLASSES))
 
 @pytest.fixture(scope="module")
 def torch_app_url(demo_model: dict[str, Path]) -> Iterator[str]:
-    """The demo on the checkpoint: PyTorch, with its class-specific (gradient) maps."""
+    """The demo on the checkpoint: PyTorch, with the same class-specific (occlusion) maps."""
     from demo.app import build_app, launch_options, queue_options
     from demo.backend import TorchBackend
 
@@ -168,7 +168,7 @@ def test_upload_shows_label_maps_legend_and_model_view(browser_context: Any, app
     expect(note.locator(".legend .bar").first).to_be_visible()
     assert "gradient" in (note.locator(".legend .bar").first.get_attribute("style") or "")
     expect(page.locator("#header")).to_contain_text("answers from its class token")
-    expect(page.locator("#class-note")).to_contain_text("No class-specific map")  # this ONNX file has none
+    expect(page.locator("#class-note")).to_contain_text("raise (red)")  # occlusion: from the file alone
     expect(page.locator("#framing-note")).to_contain_text("Centre crop")
     assert not elsewhere, elsewhere
     ARTIFACTS.mkdir(exist_ok=True)
@@ -242,10 +242,13 @@ def test_broken_upload_shows_one_message(browser_context: Any, app_url: str, tmp
     page.close()
 
 
-def test_class_map_beside_rollout_with_a_working_picker(browser_context: Any, torch_app_url: str) -> None:
-    """A model with class-specific maps: the map of the top class beside rollout, as large,
-    with its sentence and legend; picking another class redraws it."""
-    page = open_page(browser_context, torch_app_url)
+@pytest.mark.parametrize("served", ["app_url", "torch_app_url"])
+def test_class_map_beside_rollout_with_a_working_picker(browser_context: Any, served: str,
+                                                        request: pytest.FixtureRequest) -> None:
+    """Both model types (the ONNX file, without torch, and the checkpoint): the map of the top
+    class beside rollout, as large, with its sentence and legend; picking another class
+    redraws it."""
+    page = open_page(browser_context, request.getfixturevalue(served))
     upload(page, photo())
     rollout = wait_for_new_image(page, "#overlay", None)
     class_map = wait_for_new_image(page, "#class-overlay", None)
@@ -264,5 +267,5 @@ def test_class_map_beside_rollout_with_a_working_picker(browser_context: Any, to
     page.get_by_role("option", name=other).click()
     assert wait_for_new_image(page, "#class-overlay", class_map) != class_map
     ARTIFACTS.mkdir(exist_ok=True)
-    page.screenshot(path=str(ARTIFACTS / "demo_browser_class_map.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"demo_browser_class_map_{served}.png"), full_page=True)
     page.close()
