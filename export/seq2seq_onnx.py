@@ -36,6 +36,7 @@ from torch import nn
 
 from vit.attention import KVCache
 from vit.checkpoint import load_seq2seq
+from vit.command import dir_mode, file_mode
 from vit.decoding import greedy_decode
 from vit.seq2seq import Encoded, LayerCache, Seq2Seq
 from vit.text_codec import TextCodec
@@ -162,6 +163,9 @@ def export_seq2seq(checkpoint: str | Path, out_dir: str | Path, *, sentences: Se
                 f"of {report['sentences']} sentences; {out_dir} left as it was"
             )
         (tmp / CONFIG).write_text(json.dumps({**meta, "verification": report}, indent=2), encoding="utf-8")
+        for path in tmp.iterdir():  # normal permissions, not those of temporary files
+            path.chmod(file_mode())
+        tmp.chmod(dir_mode())
         old = out_dir.with_name(f".{out_dir.name}.old")
         if out_dir.exists():
             out_dir.rename(old)

@@ -5,6 +5,7 @@ PyTorch's tokens. The export itself is the session's ``toy_export`` (vit-export)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import onnxruntime as ort
@@ -29,6 +30,10 @@ def test_export_is_verified_against_pytorch(toy_export: tuple[Path, CliRun], toy
     model, record = load_seq2seq(toy_ckpt)
     assert meta["config"] == model.config.to_dict() and meta["opset"] == OPSET
     assert meta["checkpoint"] == str(toy_ckpt) and meta["source"] == record["source"] == "toy"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~mask  # not the temporary folder's 0700
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o666 & ~mask}
 
 
 def test_graph_inputs_and_outputs(toy_onnx: Path) -> None:

@@ -87,3 +87,11 @@ def file_mode(replacing: str | Path | None = None) -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def dir_mode() -> int:
+    """The permission bits for a folder a command writes: what the umask allows (a
+    temporary folder starts at 0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
