@@ -150,16 +150,22 @@ from demo.backend import load_backend
 import numpy as np
 clf = OnnxClassifier(data / "vit_conv.onnx")
 clf.predict(np.zeros((32, 32, 3), dtype=np.uint8))
+assert clf.class_map(np.zeros((3, 32, 32), dtype=np.float32), 1).shape == clf.info.grid  # occlusion
+backend = load_backend(data / "vit_conv.onnx")
+from PIL import Image
+analysis = backend.analyze(Image.new("RGB", (40, 32), (90, 120, 30)))
+assert analysis.class_map is not None and backend.explain(analysis.pixels, 0) is not None
 translator = load_translator(data / "seq2seq_onnx")
 translator.translate(["ein hund"], beam=2, return_attention=True)
-build_app(load_backend(data / "vit_conv.onnx"), translator=data / "seq2seq_onnx")
+build_app(backend, translator=data / "seq2seq_onnx")
 assert "torch" not in sys.modules, sorted(m for m in sys.modules if m.startswith("torch"))
 print("no torch")
 """
 
 
 def test_serving_an_onnx_model_never_imports_torch() -> None:
-    """Classify, translate and build the demo on ONNX files in a fresh interpreter."""
+    """Classify, draw a class map, translate and build the demo on ONNX files in a fresh
+    interpreter."""
     data = REPO / "tests" / "data" / "compat"
     out = subprocess.run([sys.executable, "-c", SERVE_WITHOUT_TORCH, str(data)], cwd=REPO,
                          capture_output=True, text=True, timeout=300)
