@@ -91,7 +91,7 @@ def _export_seq2seq(args: argparse.Namespace) -> int:
 
     sentences = read_lines(args.verify_text, args.num_verify) if args.verify_text else ()
     report = export_seq2seq(args.checkpoint, args.output, sentences=sentences,
-                            min_identical=args.min_identical, opset=args.opset)
+                            min_identical=args.min_identical, opset=args.opset, label=args.label)
     print(json.dumps(report, indent=2))
     print(f"wrote {args.output}")
     return 0
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     averaged = None
+    args.label = " + ".join(str(p) for p in args.checkpoint) if len(args.checkpoint) > 1 else None
     try:
         if len(args.checkpoint) > 1:
             averaged = _average(args.checkpoint, args.output)

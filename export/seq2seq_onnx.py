@@ -135,10 +135,13 @@ def verify(model: Seq2Seq, translator: OnnxTranslator, sentences: Sequence[str],
 
 
 def export_seq2seq(checkpoint: str | Path, out_dir: str | Path, *, sentences: Sequence[str] = (),
-                   min_identical: float = 1.0, opset: int = OPSET) -> dict[str, Any]:
+                   min_identical: float = 1.0, opset: int = OPSET,
+                   label: str | None = None) -> dict[str, Any]:
     """Export, check and verify; ``out_dir`` is built in a temporary folder beside it and
     renamed into place only when at least ``min_identical`` of the verification sentences
-    (``sentences``, else random ones) decode to identical tokens through onnxruntime."""
+    (``sentences``, else random ones) decode to identical tokens through onnxruntime.
+    ``label`` names the checkpoint in ``seq2seq.json`` (default: its path), e.g. the files
+    that were averaged into it."""
     import onnx
 
     model, record = load_seq2seq(checkpoint)
@@ -150,7 +153,7 @@ def export_seq2seq(checkpoint: str | Path, out_dir: str | Path, *, sentences: Se
         for name in (ENCODER, DECODER):
             onnx.checker.check_model(str(tmp / name))
         TextCodec.from_record(record).save(tmp)
-        meta = {"config": model.config.to_dict(), "opset": opset, "checkpoint": str(checkpoint),
+        meta = {"config": model.config.to_dict(), "opset": opset, "checkpoint": label or str(checkpoint),
                 "source": record.get("source"), "val_bleu": record.get("val_bleu")}
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2), encoding="utf-8")
         translator = OnnxTranslator(tmp)
