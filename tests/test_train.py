@@ -85,6 +85,12 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path: Path) -> None
     # schedule, optimizer, data order and augmentation continued exactly: the same weights
     for key, value in whole["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    # and one metrics.csv holds both sittings (Lightning's own CSVLogger deleted the first)
+    def validated(run: Path) -> list[int]:
+        with open(run / "metrics.csv", newline="") as file:
+            return sorted({int(row["epoch"]) for row in csv.DictReader(file) if row.get("val_acc")})
+
+    assert validated(last.parents[1]) == validated(whole_dir / "runs" / "smoke" / "version_0") == list(range(8))
 
 
 def test_fine_tune_from_timm_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
