@@ -8,7 +8,6 @@ Both give the same :class:`ModelCard` and :class:`Analysis`; only
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,35 +85,25 @@ OCCLUSION = ("how much the class's score falls when the patch is blanked to the 
 class OnnxBackend:
     """Serves an ONNX file through :class:`export.OnnxClassifier` (no torch). ``backend`` and
     ``precision`` are the classifier's (``auto``: the fastest that passed the file's parity
-    gate); the card says what runs. The class-specific map comes from
-    ``OnnxClassifier.class_map`` where the file has the outputs it needs."""
+    gate); the card says what runs. The class-specific map is ``OnnxClassifier.class_map``
+    (occlusion, from the file alone)."""
 
     def __init__(self, path: str | Path, providers: str | list[str] | None = None, *,
                  backend: str = "auto", precision: str = "auto") -> None:
         from export.onnx_classifier import OnnxClassifier
 
-        choice = {name: value for name, value in (("backend", backend), ("precision", precision))
-                  if value != "auto"}
-        accepted = inspect.signature(OnnxClassifier).parameters
-        missing = [f"--{name}" for name in choice if name not in accepted]
-        if missing:
-            raise ValueError(f"{' and '.join(missing)}: this installation's OnnxClassifier has no "
-                             "backend or precision choice; leave it at auto")
-        self.classifier = OnnxClassifier(path, providers=providers, **choice)
-        clf, info = self.classifier, self.classifier.info
+        self.classifier = OnnxClassifier(path, providers=providers, backend=backend, precision=precision)
+        info = self.classifier.info
         cfg = info.config
-        runtime = getattr(clf, "runtime", None) or \
-            "onnxruntime (" + ", ".join(clf.providers) + ", fp32)"  # before the backend choice
-        class_specific = bool(getattr(info, "class_specific", False)) and hasattr(clf, "class_map")
         self.card = ModelCard(
-            path=Path(path), runtime=runtime, class_names=list(info.class_names), preprocess=info.preprocess,
+            path=Path(path), runtime=self.classifier.runtime, class_names=list(info.class_names),
+            preprocess=info.preprocess,
             input_size=tuple(info.input_size), grid=tuple(info.grid),
             num_prefix_tokens=info.num_prefix_tokens, pool=cfg.get("global_pool", "token"),
             depth=int(cfg.get("depth", 0)), num_heads=int(cfg.get("num_heads", 0)),
             stem=str(cfg.get("stem", "patch")),
             source=_describe_source(info.source), val_acc=info.val_acc, has_attention=info.has_attention,
-            class_specific=class_specific,
-            class_method=OCCLUSION if class_specific else "",
+            class_specific=info.class_specific, class_method=OCCLUSION,
         )
 
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:

@@ -89,11 +89,6 @@ class ModelMetadata:
     def has_attention(self) -> bool:
         return "attention" in self.outputs
 
-    @property
-    def has_token_logits(self) -> bool:
-        """Class-specific maps from the file alone (:func:`vit.rollout.class_rollout`)."""
-        return "token_logits" in self.outputs and self.has_attention
-
 
 def read_metadata(path: str | Path) -> ModelMetadata:
     """Read the metadata of an exported ``.onnx`` file (weights are parsed but not used)."""

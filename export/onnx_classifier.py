@@ -309,12 +309,12 @@ class OnnxClassifier:
         grid = self.info.grid
         if method == "class-rollout":
             out = self.predict_batch(pixels[None], ["attention", "token_logits"])
+            every = class_rollout(out["attention"], out["token_logits"], None,
+                                  num_prefix_tokens=self.info.num_prefix_tokens, grid=grid)[0]  # (K, Gh, Gw)
             index = np.asarray(class_index)
-            maps = np.concatenate([
-                class_rollout(out["attention"], out["token_logits"], int(c),
-                              num_prefix_tokens=self.info.num_prefix_tokens, grid=grid)
-                for c in index.reshape(-1)])  # (n, Gh, Gw)
-            return maps if index.ndim else maps[0]
+            if (index < 0).any() or (index >= len(every)).any():
+                raise ValueError(f"class index out of range [0, {len(every) - 1}]: {index.tolist()}")
+            return every[index]
         logits = self.predict_batch(pixels[None], ["logits"])["logits"][0]  # (K,)
         copies = occluded(pixels.astype(np.float32, copy=False), grid)  # (Gh*Gw, 3, H, W)
         return occlusion_map(logits, self.predict_batch(copies, ["logits"])["logits"], class_index, grid)

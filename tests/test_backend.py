@@ -35,34 +35,25 @@ def test_prediction_equals_onnx_classifier(demo_model: dict[str, Path]) -> None:
         np.testing.assert_allclose(session.analysis.attention, want.attention, rtol=1e-6)
 
 
-def offers_class_maps(classifier: OnnxClassifier) -> bool:
-    """Whether an ONNX file gives class-specific maps (``OnnxClassifier.class_map``, #19)."""
-    return bool(getattr(classifier.info, "class_specific", False)) and hasattr(classifier, "class_map")
-
-
 def test_checkpoint_backend_agrees_and_adds_class_maps(demo_model: dict[str, Path]) -> None:
     onnx, ckpt = OnnxBackend(demo_model["onnx"]), TorchBackend(demo_model["checkpoint"])
-    assert ckpt.card.class_specific and onnx.card.class_specific == offers_class_maps(onnx.classifier)
+    assert ckpt.card.class_specific and onnx.card.class_specific
     image = open_upload(str(example_images()[0]))
     a, b = onnx.analyze(image), ckpt.analyze(image)
     assert a.labels == b.labels
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-5)
     np.testing.assert_allclose(a.attention, b.attention, atol=1e-5)
     assert b.class_map.shape == ckpt.card.grid
+    np.testing.assert_allclose(a.class_map, b.class_map, atol=1e-3)  # the same method on both
     other = ckpt.explain(b.pixels, b.indices[1])
     assert other.shape == ckpt.card.grid and not np.allclose(other, b.class_map)
 
 
 def test_onnx_class_maps_come_from_the_file(demo_model: dict[str, Path]) -> None:
     """The ONNX back end's class-specific map is OnnxClassifier.class_map of the same input,
-    for the top class by default and any class on request; a file without one gives None
-    and says so on its card."""
+    for the top class by default and any class on request."""
     backend = OnnxBackend(demo_model["onnx"])
     analysis = backend.analyze(open_upload(str(example_images()[0])))
-    if not offers_class_maps(backend.classifier):
-        assert not backend.card.class_specific and analysis.class_map is None
-        assert backend.explain(analysis.pixels, 0) is None
-        return
     assert backend.card.class_specific and backend.card.class_method
     class_map = backend.classifier.class_map
     np.testing.assert_allclose(analysis.class_map, class_map(analysis.pixels, analysis.indices[0]))

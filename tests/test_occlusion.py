@@ -59,6 +59,8 @@ def test_onnx_class_maps_equal_pytorch(tiny_onnx_token_logits: Path, tiny_avg_ch
     _, weights = forward_with_attention(model, x)
     want = class_rollout(weights, shares, 1, grid=(4, 4))[0]
     np.testing.assert_allclose(clf.class_map(pixels, 1, method="class-rollout"), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="class index out of range"):
+        clf.class_map(pixels, 3, method="class-rollout")
 
 
 def test_class_map_methods_and_errors(tiny_onnx: Path) -> None:

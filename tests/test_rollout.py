@@ -181,6 +181,9 @@ def test_class_rollout_keeps_the_class_total_and_checks_its_inputs() -> None:
     shares = rng.standard_normal((2, 4, 3))  # (B, Gh*Gw, K)
     maps = class_rollout(w, shares, [2, 0], num_prefix_tokens=2, grid=(2, 2))
     assert maps.shape == (2, 2, 2)
+    every = class_rollout(w, shares, None, num_prefix_tokens=2, grid=(2, 2))  # (B, K, Gh, Gw)
+    assert every.shape == (2, 3, 2, 2)
+    np.testing.assert_allclose(maps, every[[0, 1], [2, 0]])
     identity = np.broadcast_to(np.eye(6), (2, 1, 1, 6, 6))  # no mixing: the map is the shares
     np.testing.assert_allclose(class_rollout(identity, shares, 1, num_prefix_tokens=2, grid=(2, 2)),
                                shares[:, :, 1].reshape(2, 2, 2))

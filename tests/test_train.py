@@ -90,7 +90,8 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path: Path) -> None
         with open(run / "metrics.csv", newline="") as file:
             return sorted({int(row["epoch"]) for row in csv.DictReader(file) if row.get("val_acc")})
 
-    assert validated(last.parents[1]) == validated(whole_dir / "runs" / "smoke" / "version_0") == list(range(8))
+    whole_run = whole_dir / "runs" / "smoke" / "version_0"
+    assert validated(last.parents[1]) == validated(whole_run) == list(range(8))
 
 
 def test_fine_tune_from_timm_through_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -115,6 +115,16 @@ def add_residual(attn: np.ndarray) -> np.ndarray:
     return a / a.sum(axis=-1, keepdims=True)
 
 
+def _joint(fused: np.ndarray) -> np.ndarray:
+    """Head-fused weights (B, L, N, N) -> R = (A_L + I) ... (A_1 + I), rows renormalized,
+    (B, N, N): row i is how token i's final state draws on the input tokens."""
+    layers = add_residual(fused)  # (B, L, N, N)
+    joint = layers[:, 0]  # (B, N, N)
+    for layer in range(1, layers.shape[1]):
+        joint = layers[:, layer] @ joint  # (B, N, N)
+    return joint
+
+
 def _read_map(joint: np.ndarray, num_prefix_tokens: int, grid: tuple[int, int], pool: str) -> np.ndarray:
     """joint (B, N, N) relevance of tokens -> (B, Gh, Gw) over the patch tokens."""
     patches = joint[:, :, num_prefix_tokens:]  # (B, N, Gh*Gw)
@@ -147,11 +157,7 @@ def attention_rollout(
         raise ValueError(f"start_layer must be in [0, {depth - 1}], got {start_layer}")
     grid, pool = _check_layout(n, num_prefix_tokens, grid, pool)
     fused = fuse_heads(w[:, start_layer:], head_fusion)  # (B, L', N, N)
-    fused = discard_weakest(fused, discard_ratio, num_prefix_tokens)
-    layers = add_residual(fused)  # (B, L', N, N)
-    joint = layers[:, 0]  # (B, N, N)
-    for layer in range(1, layers.shape[1]):
-        joint = layers[:, layer] @ joint  # (B, N, N)
+    joint = _joint(discard_weakest(fused, discard_ratio, num_prefix_tokens))  # (B, N, N)
     return _read_map(joint, num_prefix_tokens, grid, pool)
 
 
@@ -209,7 +215,7 @@ def gradient_weighted_rollout(
 def class_rollout(
     weights: np.ndarray | Sequence[np.ndarray],
     token_logits: np.ndarray,
-    classes: int | Sequence[int],
+    classes: int | Sequence[int] | None,
     *,
     num_prefix_tokens: int = 0,
     grid: tuple[int, int] | None = None,
@@ -220,8 +226,8 @@ def class_rollout(
     the input patches along attention rollout's flows (rows of R = prod (A_l + I), row
     normalized, heads averaged). R's rows sum to 1, so the map sums to the class logit
     minus the head's constant offset: positive where patches raise the class, negative
-    where they argue against it. ``classes``: one index, or one per image.
-    Returns (B, Gh, Gw)."""
+    where they argue against it. ``classes``: one index, or one per image -> (B, Gh, Gw);
+    ``None``: every class -> (B, K, Gh, Gw), for the price of one."""
     w = stack_layers(weights)
     b, _, _, n, _ = w.shape
     grid, _ = _check_layout(n, num_prefix_tokens, grid, "avg")
@@ -229,16 +235,15 @@ def class_rollout(
     if shares.ndim != 3 or shares.shape[:2] != (b, n - num_prefix_tokens):
         raise ValueError(f"token_logits must have shape ({b}, {n - num_prefix_tokens}, K), "
                          f"got {shares.shape}")
-    index = np.broadcast_to(np.asarray(classes, dtype=np.int64).reshape(-1), (b,))
-    if (index < 0).any() or (index >= shares.shape[2]).any():
-        raise ValueError(f"class index out of range [0, {shares.shape[2] - 1}]: {index.tolist()}")
-    layers = add_residual(fuse_heads(w))  # (B, L, N, N)
-    joint = layers[:, 0]  # (B, N, N)
-    for layer in range(1, layers.shape[1]):
-        joint = layers[:, layer] @ joint  # (B, N, N)
-    share = shares[np.arange(b), :, index]  # (B, Gh*Gw): the class's share of each final token
-    patches = joint[:, num_prefix_tokens:, num_prefix_tokens:]  # (B, Gh*Gw, Gh*Gw)
-    return np.einsum("bi,bij->bj", share, patches).reshape(b, *grid)  # (B, Gh, Gw)
+    if classes is not None:
+        index = np.broadcast_to(np.asarray(classes, dtype=np.int64).reshape(-1), (b,))
+        if (index < 0).any() or (index >= shares.shape[2]).any():
+            raise ValueError(f"class index out of range [0, {shares.shape[2] - 1}]: {index.tolist()}")
+        shares = shares[np.arange(b), :, index][:, :, None]  # (B, Gh*Gw, 1): each image's class
+    p = num_prefix_tokens
+    patches = _joint(fuse_heads(w))[:, p:, p:]  # (B, Gh*Gw, Gh*Gw)
+    maps = np.einsum("bik,bij->bkj", shares, patches).reshape(b, -1, *grid)  # (B, K or 1, Gh, Gw)
+    return maps if classes is None else maps[:, 0]
 
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:
