@@ -2,6 +2,7 @@
 
     vit-demo                                   # serves models/cifar10_vit.onnx (no torch)
     vit-demo --backend openvino --precision bf16   # choose what runs the ONNX file
+    vit-demo --provider cuda                   # onnxruntime on a GPU
     vit-demo --model run/best.ckpt             # a checkpoint, through PyTorch
     vit-demo --host 0.0.0.0 --port 7860        # reachable from other machines
 
@@ -33,11 +34,12 @@ from typing import Any
 
 import gradio as gr
 
+from export.backends import add_runtime_arguments
 from vit.command import parser
 from vit.paths import DEFAULT_CLASSIFIER, DEFAULT_TRANSLATOR  # the shipped models, in models/
 from vit.rollout import HEAD_FUSIONS
 
-from .backend import BACKENDS, PRECISIONS, Backend, load_backend
+from .backend import Backend, load_backend
 from .look import (
     CSS,
     FRAMING_CHOICES,
@@ -414,11 +416,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, default=None,
                    help=f"an .onnx file (served without torch) or a .ckpt/.safetensors checkpoint "
                         f"(default: {DEFAULT_CLASSIFIER})")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="what runs an .onnx model (default auto: the fastest that passed the file's parity "
-                        "gate on this machine)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto",
-                   help="what an .onnx model computes in (default auto: reduced only where the gate passed)")
+    add_runtime_arguments(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
@@ -449,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vit-demo: --translator {args.translator}: no such file or directory", file=sys.stderr)
             return 2
     try:
-        backend = load_backend(model, backend=args.backend, precision=args.precision)
+        backend = load_backend(model, backend=args.backend, precision=args.precision, providers=args.provider)
     except (OSError, ValueError) as exc:
         print(f"vit-demo: {exc}", file=sys.stderr)
         return 2

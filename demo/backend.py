@@ -75,8 +75,6 @@ def _describe_source(source: Any) -> str:
     return str(source) if source else "unknown"
 
 
-BACKENDS = ("auto", "onnxruntime", "openvino")
-PRECISIONS = ("auto", "fp32", "bf16")
 # the class-specific map of both model types: the most faithful in benchmarks/faithfulness.py
 OCCLUSION = ("how much the class's score falls when the patch is blanked to the average colour "
              "(occlusion, measured on the model itself)")
@@ -171,18 +169,19 @@ class TorchBackend:
         return occlusion_relevance(self.model, torch.from_numpy(pixels)[None], class_index)[0]  # (Gh, Gw)
 
 
-def load_backend(path: str | Path, *, backend: str = "auto",
-                 precision: str = "auto") -> OnnxBackend | TorchBackend:
-    """``.onnx`` -> :class:`OnnxBackend` (run by ``backend`` in ``precision``);
-    ``.ckpt``/``.safetensors`` -> :class:`TorchBackend` (PyTorch, fp32: the choice must be auto)."""
+def load_backend(path: str | Path, *, backend: str = "auto", precision: str = "auto",
+                 providers: str | list[str] | None = None) -> OnnxBackend | TorchBackend:
+    """``.onnx`` -> :class:`OnnxBackend` (run by ``backend`` in ``precision``, onnxruntime on
+    ``providers``); ``.ckpt``/``.safetensors`` -> :class:`TorchBackend` (PyTorch, fp32: the
+    choice must be auto)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such model file")
     if path.suffix == ".onnx":
-        return OnnxBackend(path, backend=backend, precision=precision)
+        return OnnxBackend(path, providers, backend=backend, precision=precision)
     if path.suffix in CHECKPOINT_SUFFIXES:
-        if (backend, precision) != ("auto", "auto"):
-            raise ValueError(f"{path}: --backend and --precision apply to .onnx files; a checkpoint runs "
-                             "in PyTorch (export it with vit-export to choose)")
+        if (backend, precision, providers) != ("auto", "auto", None):
+            raise ValueError(f"{path}: --backend, --precision and --provider apply to .onnx files; a "
+                             "checkpoint runs in PyTorch (export it with vit-export to choose)")
         return TorchBackend(path)
     raise ValueError(f"{path}: expected an .onnx file or a .ckpt/.safetensors checkpoint")

@@ -19,6 +19,7 @@ onnxruntime is asked for the named outputs only. Shape letters: B batch, K class
 
 from __future__ import annotations
 
+import argparse
 import logging
 import queue
 import threading
@@ -354,6 +355,23 @@ class OpenVinoRunner:
                     for name in outputs}
         finally:
             idle.put(request)
+
+
+# --------------------------------------------------------------------------- command lines
+def add_runtime_arguments(p: argparse.ArgumentParser, *, backends: bool = True) -> None:
+    """``--backend``, ``--precision`` (with ``backends``) and ``--provider``: what runs an ONNX
+    file, named alike in every command that serves one (vit-predict, vit-demo, export.batch,
+    vit-translate, which has providers only)."""
+    if backends:
+        p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
+                       help="what runs an .onnx model: auto (the fastest that passed the file's parity "
+                            "gate on this machine), onnxruntime or openvino")
+        p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
+                       help="what it computes in: auto (bf16/fp16 only where the file's parity gate "
+                            "passed), fp32, bf16 or fp16")
+    p.add_argument("--provider", action="append",
+                   help="onnxruntime execution provider: cpu (default), cuda, cuda:1, tensorrt or an "
+                        "onnxruntime name; repeat for a preference list")
 
 
 # --------------------------------------------------------------------------- one entry point

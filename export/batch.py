@@ -41,7 +41,7 @@ from vit.command import parser
 from vit.image_folder import IMAGE_EXTENSIONS
 from vit.paths import DEFAULT_CLASSIFIER
 
-from .backends import BACKENDS, PRECISIONS
+from .backends import add_runtime_arguments
 from .images import ImageLoadError, Missing, decode_image, find_images, load_image
 from .onnx_classifier import OnnxClassifier
 from .predict import SCORE_DIGITS, RecordWriter, check_output, csv_fields, csv_row
@@ -306,14 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="CPUs (onnxruntime threads) per worker")
     p.add_argument("--top-k", type=int, default=5, help="classes per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per inference call")
-    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
-                   help="runtime: auto (the fastest that passed the file's parity gate on each worker), "
-                        "onnxruntime or openvino")
-    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
-                   help="auto (bf16/fp16 only where the file's parity gate passed), fp32, bf16 or fp16")
-    p.add_argument("--provider", action="append",
-                   help="onnxruntime execution provider: cpu (default), cuda, cuda:1, tensorrt or an "
-                        "onnxruntime name; repeat for a preference list")
+    add_runtime_arguments(p)  # auto is chosen on each worker
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (auto: the one `ray start` runs here); "
                         "default: a local Ray with workers x threads + 1 CPUs")

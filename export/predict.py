@@ -24,7 +24,7 @@ from typing import IO, Any
 from vit.command import file_mode, parser
 from vit.paths import DEFAULT_CLASSIFIER
 
-from .backends import BACKENDS, PRECISIONS
+from .backends import add_runtime_arguments
 from .images import Missing, find_images
 from .onnx_classifier import OnnxClassifier
 
@@ -114,14 +114,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"exported .onnx file (default: the shipped {DEFAULT_CLASSIFIER.name})")
     p.add_argument("--top-k", type=int, default=5, help="classes per image")
     p.add_argument("--batch-size", type=int, default=32, help="images per inference call")
-    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS],
-                   help="runtime: auto (the fastest that passed the file's parity gate here), onnxruntime "
-                        "or openvino")
-    p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
-                   help="auto (bf16/fp16 only where the file's parity gate passed), fp32, bf16 or fp16")
-    p.add_argument("--provider", action="append",
-                   help="onnxruntime execution provider: cpu (default), cuda, cuda:1, tensorrt or an "
-                        "onnxruntime name; repeat for a preference list")
+    add_runtime_arguments(p)
     p.add_argument("-o", "--output", type=Path,
                    help="write records to a .jsonl or .csv file (default: JSON lines on stdout)")
     return p

@@ -22,6 +22,7 @@ from pathlib import Path
 from vit.command import parser
 from vit.paths import DEFAULT_TRANSLATOR
 
+from .backends import add_runtime_arguments
 from .onnx_classifier import resolve_providers
 from .translator import Translation, Translator
 
@@ -72,9 +73,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--beam", type=int, default=None, help="beam width, 1: greedy (default: the model's)")
     p.add_argument("--length-penalty", type=float, default=None,
                    help="GNMT length penalty alpha for beam search (default: the model's)")
-    p.add_argument("--provider", action="append",
-                   help="execution provider of an ONNX model: cpu (default), cuda, tensorrt or an "
-                        "onnxruntime name; repeat for a preference list")
+    add_runtime_arguments(p, backends=False)
     p.add_argument("--max-len", type=int, default=None, help="most tokens to generate (default 2 S + 10)")
     p.add_argument("--batch-size", type=int, default=32, help="sentences decoded together")
     p.add_argument("--attention", "--alignment", action="store_true", dest="attention",

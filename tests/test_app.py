@@ -442,15 +442,16 @@ def test_explain_gives_any_class_of_every_model_type(demo_server: gr.Blocks,
 
 
 def test_backend_and_precision_flags(demo_model: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
-    """vit-demo --backend/--precision: choices checked by the parser, refused for a checkpoint
-    with one line."""
+    """vit-demo --backend/--precision/--provider (export.backends.add_runtime_arguments, as
+    vit-predict's): choices checked by the parser, refused for a checkpoint with one line."""
     for argv in (["--backend", "tensorflow"], ["--precision", "int4"]):
         with pytest.raises(SystemExit) as info:
             main(["--model", str(demo_model["onnx"]), *argv])
         assert info.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
-    assert main(["--model", str(demo_model["checkpoint"]), "--backend", "openvino"]) == 2
-    assert "--backend and --precision apply to .onnx files" in capsys.readouterr().err
+    for argv in (["--backend", "openvino"], ["--provider", "cuda"]):
+        assert main(["--model", str(demo_model["checkpoint"]), *argv]) == 2
+        assert "--backend, --precision and --provider apply to .onnx files" in capsys.readouterr().err
 
 
 def test_an_onnx_file_with_class_maps_gets_them_on_the_page_and_through_explain(
