@@ -1,14 +1,21 @@
 """Callbacks (training/callbacks.py): Throughput counts what the module's ``batch_units`` says
-(tokens for the translator), else the batch's leading size."""
+(tokens for the translator), else the batch's leading size; EpochClock logs each epoch's wall
+and CPU seconds."""
 
 from __future__ import annotations
 
+import csv
+import time
+from pathlib import Path
 from typing import Any
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
 
-from training.callbacks import Throughput, batch_size_of
+from training.callbacks import EpochClock, Throughput, batch_size_of
 
 
 class Recorder:
@@ -67,3 +74,37 @@ def test_progress_bar_metrics_fit_a_terminal() -> None:
     assert shown == {"train_loss": "1.23", "img/s": "4322", "val_loss": "0.988", "val_acc": "0.612"}
     line = ", ".join(f"{k}={v}" for k, v in shown.items())
     assert len(line) < 60  # with "Epoch 12: 100%|####| 211/211 [00:30<00:00, 7.0it/s, ...]" under 120
+
+
+class SlowValidation(L.LightningModule):
+    """One weight; each validation batch sleeps ``pause`` seconds (no CPU spent)."""
+
+    def __init__(self, pause: float) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.pause = pause
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return (self.w - 1).pow(2).sum()
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        time.sleep(self.pause)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_epoch_clock_logs_wall_and_cpu_seconds_of_training_and_validation(tmp_path: Path) -> None:
+    """EpochClock: one epoch_s and epoch_cpu_s per epoch in metrics.csv; validation counts
+    (it runs before on_train_epoch_end) and sleeping counts in the wall time only."""
+    data = DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=2)
+    trainer = L.Trainer(max_epochs=2, logger=CSVLogger(tmp_path, name=""), callbacks=[EpochClock()],
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, log_every_n_steps=1)
+    trainer.fit(SlowValidation(pause=0.2), data, data)
+    rows = [r for r in csv.DictReader((tmp_path / "version_0" / "metrics.csv").open()) if r.get("epoch_s")]
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    for row in rows:
+        wall, cpu = float(row["epoch_s"]), float(row["epoch_cpu_s"])
+        assert wall >= 0.4  # two validation batches of 0.2 s each
+        assert 0 < cpu < wall - 0.3  # the sleeps cost no CPU

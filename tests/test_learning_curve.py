@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from training.learning_curve import main, read_curves
+from training.learning_curve import main, read_curves, table
 from vit.errors import DataError
 
 HEADER = "epoch,step,train_loss_epoch,val_acc,lr\n"
@@ -36,3 +36,23 @@ def test_cli_writes_a_png_and_names_bad_files(tmp_path: Path, capsys: pytest.Cap
     assert "val_acc: 2 epochs, last (epoch 2) 0.5000" in capsys.readouterr().out
     assert main([str(tmp_path / "nope.csv"), "-o", str(out)]) == 2
     assert "nope.csv: no such metrics file" in capsys.readouterr().err
+
+
+def test_table_gives_every_nth_the_best_and_last_epoch_with_the_time_taken(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """--table: accuracies in percent, each epoch's minutes and the run's wall and CPU hours so
+    far from EpochClock's columns; the totals say how many epochs were timed."""
+    path = tmp_path / "m.csv"
+    path.write_text("epoch,train_acc,val_acc,epoch_s,epoch_cpu_s\n"
+                    + "".join(f"{e},0.{e + 1},0.{e + 5},{360 * (e > 0)},{720 * (e > 0)}\n" for e in range(4))
+                    .replace(",0,0\n", ",,\n"), encoding="utf-8")  # epoch 1 was not timed
+    curves = read_curves([path], ["val_acc"])
+    rows = table(curves, ["val_acc"], every=2).splitlines()
+    assert rows[2:] == [
+        "| 2 | 60.00% | 20.00% | 6.0 | 0.10 | 0.20 |",
+        "| 4 (best) | 80.00% | 40.00% | 6.0 | 0.30 | 0.60 |",
+        "",
+        "3 of 4 epochs timed: 0.30 h wall, 0.60 h CPU",
+    ]
+    assert main([str(path), "-o", str(tmp_path / "c.png"), "--table", "2"]) == 0
+    assert "| 4 (best) | 80.00%" in capsys.readouterr().out

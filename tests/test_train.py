@@ -28,7 +28,7 @@ def test_fit_writes_best_and_last_checkpoints_and_logs(smoke_run: Path) -> None:
     assert "last.ckpt" in names and any(n.startswith("epoch") and "val_acc" in n for n in names)
     metrics = (smoke_run / "runs" / "smoke" / "version_0" / "metrics.csv").read_text()
     header = metrics.splitlines()[0]
-    for column in ("train_loss_step", "val_acc", "val_acc5", "img/s", "lr-AdamW"):
+    for column in ("train_loss_step", "val_acc", "val_acc5", "img/s", "lr-AdamW", "epoch_s", "epoch_cpu_s"):
         assert column in header
     assert list((smoke_run / "runs" / "smoke" / "version_0" / "tb").rglob("events.out.tfevents.*"))
 

@@ -6,6 +6,9 @@ for model cards.
 A run resumed in several sittings may have logged into several files: give them in order;
 a later file's value for an epoch replaces an earlier one. Plotted by epoch: every
 validation metric given (``--metric``, default ``val_acc``) and the epoch's training loss.
+``--table N`` also prints every N-th epoch (and the best and last) as a Markdown table with
+the training accuracy and the time the run took (``training.callbacks.EpochClock``'s
+``epoch_s`` and ``epoch_cpu_s``), and the run's total wall and CPU time.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from pathlib import Path
 
 from vit.errors import DataError
 
+OPTIONAL = ("train_loss_epoch", "train_acc", "epoch_s", "epoch_cpu_s")  # read when logged
+
 
 def read_curves(paths: Sequence[str | Path], metrics: Sequence[str]) -> dict[str, dict[int, float]]:
-    """``{metric: {epoch: value}}`` for ``metrics`` and ``train_loss_epoch`` (when logged)."""
-    curves: dict[str, dict[int, float]] = {name: {} for name in (*metrics, "train_loss_epoch")}
+    """``{metric: {epoch: value}}`` for ``metrics`` and those of :data:`OPTIONAL` logged."""
+    curves: dict[str, dict[int, float]] = {name: {} for name in (*metrics, *OPTIONAL)}
     for path in paths:
         path = Path(path)
         if not path.is_file():
@@ -49,7 +54,7 @@ def plot(curves: dict[str, dict[int, float]], path: Path, title: str = "") -> No
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     for name, curve in curves.items():
-        if name == "train_loss_epoch":
+        if name in OPTIONAL:
             continue
         epochs, values = [e + 1 for e in curve], list(curve.values())
         ax.plot(epochs, values, marker=".", label=name)
@@ -74,6 +79,37 @@ def plot(curves: dict[str, dict[int, float]], path: Path, title: str = "") -> No
     os.replace(tmp, path)
 
 
+def table(curves: dict[str, dict[int, float]], metrics: Sequence[str], every: int = 1) -> str:
+    """Markdown rows of every ``every``-th epoch, the best (by the first metric) and the last:
+    the metrics, the training accuracy, the epoch's minutes and the run's hours so far (wall
+    and CPU; ``-`` where an epoch was not timed, and the totals then count timed epochs only)."""
+    first = curves[metrics[0]]
+    best, last = max(first, key=first.__getitem__), max(first)
+    wall, cpu = curves.get("epoch_s", {}), curves.get("epoch_cpu_s", {})
+    head = ["epoch", *metrics, "train_acc (augmented)", "epoch min", "wall h so far", "CPU h so far"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for epoch in sorted(first):
+        if (epoch + 1) % every and epoch not in (best, last):
+            continue
+        cells = [f"{epoch + 1}" + (" (best)" if epoch == best else "")]
+        cells += [_percent(name, curves[name].get(epoch)) for name in metrics]
+        cells.append(_percent("train_acc", curves.get("train_acc", {}).get(epoch)))
+        cells.append(f"{wall[epoch] / 60:.1f}" if epoch in wall else "-")
+        cells.append(f"{sum(v for e, v in wall.items() if e <= epoch) / 3600:.2f}" if wall else "-")
+        cells.append(f"{sum(v for e, v in cpu.items() if e <= epoch) / 3600:.2f}" if cpu else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    if wall:
+        lines.append(f"\n{len(wall)} of {len(first)} epochs timed: {sum(wall.values()) / 3600:.2f} h wall, "
+                     f"{sum(cpu.values()) / 3600:.2f} h CPU")
+    return "\n".join(lines)
+
+
+def _percent(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if name.endswith(("acc", "acc5")) else f"{value:.4g}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.learning_curve",
                                 description="Plot a run's learning curve from its metrics.csv file(s).")
@@ -81,6 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-o", "--output", type=Path, required=True, help="PNG file to write")
     p.add_argument("--metric", action="append", help="validation metric(s) to plot (default: val_acc)")
     p.add_argument("--title", default="")
+    p.add_argument("--table", type=int, metavar="EVERY", default=None,
+                   help="also print every EVERY-th epoch (and the best and last) with the time taken, "
+                        "as a Markdown table")
     args = p.parse_args(argv)
     try:
         curves = read_curves(args.metrics, args.metric or ["val_acc"])
@@ -92,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, curve in curves.items():
         last = max(curve)
         print(f"{name}: {len(curve)} epochs, last (epoch {last + 1}) {curve[last]:.4f}")
+    if args.table is not None:
+        print(table(curves, args.metric or ["val_acc"], max(args.table, 1)))
     return 0
 
 
