@@ -127,6 +127,14 @@ def candidates(variant: str = "fp32") -> list[tuple[str, str]]:
     return [(b, p) for b, ps in available.items() for p in ps if (b, p) != REFERENCE]
 
 
+def over_limits(checks: Sequence[tuple[str, float | None, float]]) -> list[str]:
+    """``"<what> <value> > <limit>"`` for each (what, value, limit) whose value is above its
+    limit; NaN is above every limit, None (not measured) above none. Shared by the gate and
+    the export-time check (:mod:`export.verify`), so that both word a failure alike."""
+    return [f"{what} {value:.2e} > {limit:.2e}" for what, value, limit in checks
+            if value is not None and not value <= limit]
+
+
 class _Tally:
     """Running comparison of one backend with the reference, batch by batch."""
 
@@ -217,17 +225,13 @@ def _verdict(combo: tuple[str, str], tally: _Tally, ref_top1: np.ndarray, labels
     if tally.attention_diff is not None:
         result.attention_diff = tally.attention_diff
         result.rollout_diff = tally.rollout_diff / max(tally.rollout_peak, 1e-12)
-        if not result.attention_diff <= tolerance.attention_atol:
-            result.failures.append(f"attention difference {result.attention_diff:.2e} > "
-                                   f"{tolerance.attention_atol}")
-        if not result.rollout_diff <= tolerance.rollout_rtol:
-            result.failures.append(f"relative rollout difference {result.rollout_diff:.2e} > "
-                                   f"{tolerance.rollout_rtol}")
     if tally.shares_diff is not None:
         result.token_logits_diff = tally.shares_diff / max(tally.shares_peak, 1e-12)
-        if not result.token_logits_diff <= tolerance.token_logits_rtol:
-            result.failures.append(f"relative token_logits difference {result.token_logits_diff:.2e} > "
-                                   f"{tolerance.token_logits_rtol}")
+    result.failures += over_limits([
+        ("attention difference", result.attention_diff, tolerance.attention_atol),
+        ("relative rollout difference", result.rollout_diff, tolerance.rollout_rtol),
+        ("relative token_logits difference", result.token_logits_diff, tolerance.token_logits_rtol),
+    ])
     if not np.isfinite(tally.logit_diff):
         result.failures.append("non-finite logits")
     return result

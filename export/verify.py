@@ -20,6 +20,7 @@ from vit.relevance import token_logits
 from vit.rollout import attention_rollout
 from vit.vit import ViT
 
+from .gate import over_limits
 from .vit_onnx import has_token_logits
 
 logger = logging.getLogger(__name__)
@@ -146,8 +147,7 @@ def check_parity(path: str | Path, ref: Reference, *, variant: str, tolerance: T
     agree = float((logits.argmax(1) == ref.logits.argmax(1)).mean())
     report = ParityReport(variant, ref.name, len(ref.inputs), diff, agree)
     bound = tolerance.atol + tolerance.rtol * float(np.abs(ref.logits).max())
-    if not diff <= bound:  # also catches NaN
-        report.failures.append(f"max logit difference {diff:.2e} > {bound:.2e}")
+    report.failures += over_limits([("max logit difference", diff, bound)])  # NaN fails too
     if agree < tolerance.min_top1_agreement:
         report.failures.append(f"top-1 agrees on {agree:.2%} < {tolerance.min_top1_agreement:.0%}")
     if ref.attention is not None:
@@ -160,10 +160,8 @@ def check_parity(path: str | Path, ref: Reference, *, variant: str, tolerance: T
         if "token_logits" not in got:
             report.failures.append("no token_logits output")
         else:
-            diff_shares = float(np.abs(got["token_logits"] - ref.token_logits).max())
-            report.token_logits_diff = diff_shares
-            if not diff_shares <= bound:
-                report.failures.append(f"token_logits difference {diff_shares:.2e} > {bound:.2e}")
+            report.token_logits_diff = float(np.abs(got["token_logits"] - ref.token_logits).max())
+            report.failures += over_limits([("token_logits difference", report.token_logits_diff, bound)])
     if ref.labels is not None and (ref.labels >= 0).any():
         known = ref.labels >= 0
         report.accuracy = float((logits.argmax(1) == ref.labels)[known].mean())
@@ -181,9 +179,7 @@ def _compare_attention(report: ParityReport, got: np.ndarray, want: np.ndarray, 
     ours, theirs = rollout(got), rollout(want)  # (B, Gh, Gw) each
     # rollout values are relevances of order 1 / (Gh * Gw); compare relative to their scale
     report.rollout_diff = float(np.abs(ours - theirs).max() / max(np.abs(theirs).max(), 1e-12))
-    if not report.attention_diff <= tolerance.attention_atol:
-        report.failures.append(f"attention difference {report.attention_diff:.2e} > "
-                               f"{tolerance.attention_atol:.0e}")
-    if not report.rollout_diff <= tolerance.rollout_rtol:
-        report.failures.append(f"relative rollout difference {report.rollout_diff:.2e} > "
-                               f"{tolerance.rollout_rtol:.0e}")
+    report.failures += over_limits([
+        ("attention difference", report.attention_diff, tolerance.attention_atol),
+        ("relative rollout difference", report.rollout_diff, tolerance.rollout_rtol),
+    ])
