@@ -16,8 +16,10 @@ on it; :func:`draw_overlay` colours that box and dims the rest.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -155,6 +157,22 @@ def _box_region(rgb: np.ndarray, box: Box) -> tuple[int, int, int, int]:
     return max(left, 0), max(top, 0), min(right, rgb.shape[1]), min(bottom, rgb.shape[0])
 
 
+def _blend(image: Image.Image, box: Box, paint: Callable[[tuple[int, int]], tuple[np.ndarray, Any]], *,
+           opacity: float, outside: float) -> Image.Image:
+    """``image`` with ``box`` blended towards the colours ``paint((w, h))`` returns, by its
+    weight (a number or (h, w, 1)); outside the box dimmed to ``outside`` and outlined."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+    left, top, right, bottom = region = _box_region(rgb, box)
+    out = rgb * outside
+    if right > left and bottom > top:
+        colours, weight = paint((right - left, bottom - top))  # (h, w, 3) uint8
+        out[top:bottom, left:right] = ((1.0 - weight) * rgb[top:bottom, left:right]
+                                       + weight * colours.astype(np.float32))
+    return _finish(out, region)
+
+
 def _finish(out: np.ndarray, region: tuple[int, int, int, int]) -> Image.Image:
     """uint8 picture, outlined where the model's box is not the whole picture."""
     left, top, right, bottom = region
@@ -176,16 +194,11 @@ def draw_overlay(
     """Blend the colour-mapped ``relevance`` (Gh, Gw), min-max scaled, into ``box`` of the RGB
     ``image`` with the given ``opacity`` (0: photo only, 1: map only); the area outside the
     box, which the model did not see, is dimmed to ``outside`` brightness and outlined."""
-    if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
-    left, top, right, bottom = region = _box_region(rgb, box)
-    out = rgb * outside
-    if right > left and bottom > top:
-        heat = resize_map(relevance, (right - left, bottom - top))  # (h, w)
-        colours = colormap_lut(colormap)[(heat * 255.0 + 0.5).astype(np.uint8)].astype(np.float32)
-        out[top:bottom, left:right] = (1.0 - opacity) * rgb[top:bottom, left:right] + opacity * colours
-    return _finish(out, region)
+    def paint(size: tuple[int, int]) -> tuple[np.ndarray, float]:
+        heat = resize_map(relevance, size)  # (h, w)
+        return colormap_lut(colormap)[(heat * 255.0 + 0.5).astype(np.uint8)], opacity
+
+    return _blend(image, box, paint, opacity=opacity, outside=outside)
 
 
 def draw_signed_overlay(
@@ -200,18 +213,12 @@ def draw_signed_overlay(
     """A class map over the photo: :func:`signed_map` values coloured by a diverging
     ``colormap`` (blue -1 .. red +1) and blended in proportion to their size, so a patch with
     no effect on the class shows the photo; outside the box as :func:`draw_overlay`."""
-    if not 0.0 <= opacity <= 1.0:
-        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
-    rgb = np.asarray(image.convert("RGB"), dtype=np.float32)  # (H, W, 3)
-    left, top, right, bottom = region = _box_region(rgb, box)
-    out = rgb * outside
-    if right > left and bottom > top:
-        values = _resize(signed_map(relevance), (right - left, bottom - top), -1.0, 1.0)  # (h, w)
-        lut = colormap_lut(colormap)
-        colours = lut[((values + 1.0) * 127.5 + 0.5).astype(np.uint8)].astype(np.float32)  # (h, w, 3)
-        weight = (opacity * np.abs(values))[..., None]  # (h, w, 1)
-        out[top:bottom, left:right] = (1.0 - weight) * rgb[top:bottom, left:right] + weight * colours
-    return _finish(out, region)
+    def paint(size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        values = _resize(signed_map(relevance), size, -1.0, 1.0)  # (h, w)
+        colours = colormap_lut(colormap)[((values + 1.0) * 127.5 + 0.5).astype(np.uint8)]  # (h, w, 3)
+        return colours, (opacity * np.abs(values))[..., None]  # weight (h, w, 1)
+
+    return _blend(image, box, paint, opacity=opacity, outside=outside)
 
 
 def scale_box(box: Box, scale: float) -> Box:
