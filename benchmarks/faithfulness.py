@@ -42,6 +42,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script from anywhere: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from export.backends import add_runtime_arguments  # noqa: E402
 from vit.image_folder import scan_folder, split_indices  # noqa: E402
 from vit.occlusion import occluded, occlusion_map  # noqa: E402
 from vit.preprocess import Preprocess, preprocess_image  # noqa: E402
@@ -55,12 +56,12 @@ class Subject:
     """The model under test, through PyTorch or an ONNX file: logits, and the outputs each
     map needs (attention (B, L, H, N, N), token_logits (B, Gh*Gw, K), gradient maps)."""
 
-    def __init__(self, path: Path, backend: str, precision: str) -> None:
+    def __init__(self, path: Path, backend: str, precision: str, providers: list[str] | None = None) -> None:
         self.path = path
         if path.suffix == ".onnx":
             from export.onnx_classifier import OnnxClassifier
 
-            clf = OnnxClassifier(path, backend=backend, precision=precision)
+            clf = OnnxClassifier(path, providers=providers, backend=backend, precision=precision)
             info = clf.info
             self.class_names, self.preprocess, self.grid = info.class_names, info.preprocess, info.grid
             self.num_prefix_tokens = info.num_prefix_tokens
@@ -279,15 +280,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="what a blanked patch becomes: 0 after normalization, or the image's mean colour")
     p.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean")
     p.add_argument("--discard-ratio", type=float, default=0.0)
-    p.add_argument("--backend", default="auto", help="for --model: auto, onnxruntime or openvino")
-    p.add_argument("--precision", default="auto", help="for --model: auto, fp32 or bf16")
+    add_runtime_arguments(p.add_argument_group("for --model (as vit-predict's)"))
     p.add_argument("--batch-images", type=int, default=16, help="images per step of the test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, help="also write the results as JSON")
     args = p.parse_args(argv)
     if args.steps < 1 or args.num_images < 1 or args.batch_images < 1:
         p.error("--steps, --num-images and --batch-images must be positive")
-    subject = Subject(args.model or args.checkpoint, args.backend, args.precision)
+    subject = Subject(args.model or args.checkpoint, args.backend, args.precision, args.provider)
     results = run(subject, args.data, num_images=args.num_images, steps=args.steps, baseline=args.baseline,
                   head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
                   batch_images=args.batch_images, seed=args.seed, split=args.split,

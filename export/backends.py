@@ -358,7 +358,8 @@ class OpenVinoRunner:
 
 
 # --------------------------------------------------------------------------- command lines
-def add_runtime_arguments(p: argparse.ArgumentParser, *, backends: bool = True) -> None:
+def add_runtime_arguments(p: argparse.ArgumentParser | argparse._ArgumentGroup, *,
+                          backends: bool = True) -> None:
     """``--backend``, ``--precision`` (with ``backends``) and ``--provider``: what runs an ONNX
     file, named alike in every command that serves one (vit-predict, vit-demo, export.batch,
     vit-translate, which has providers only)."""
