@@ -47,6 +47,8 @@ def test_table_gives_every_nth_the_best_and_last_epoch_with_the_time_taken(
                     + "".join(f"{e},0.{e + 1},0.{e + 5},{360 * (e > 0)},{720 * (e > 0)}\n" for e in range(4))
                     .replace(",0,0\n", ",,\n"), encoding="utf-8")  # epoch 1 was not timed
     curves = read_curves([path], ["val_acc"])
+    rows = table(curves, ["val_acc"], every=1).splitlines()
+    assert rows[2] == "| 1 | 50.00% | 10.00% | - | - | - |"  # not timed: no totals either
     rows = table(curves, ["val_acc"], every=2).splitlines()
     assert rows[2:] == [
         "| 2 | 60.00% | 20.00% | 6.0 | 0.10 | 0.20 |",

@@ -94,9 +94,10 @@ def table(curves: dict[str, dict[int, float]], metrics: Sequence[str], every: in
         cells = [f"{epoch + 1}" + (" (best)" if epoch == best else "")]
         cells += [_percent(name, curves[name].get(epoch)) for name in metrics]
         cells.append(_percent("train_acc", curves.get("train_acc", {}).get(epoch)))
-        cells.append(f"{wall[epoch] / 60:.1f}" if epoch in wall else "-")
-        cells.append(f"{sum(v for e, v in wall.items() if e <= epoch) / 3600:.2f}" if wall else "-")
-        cells.append(f"{sum(v for e, v in cpu.items() if e <= epoch) / 3600:.2f}" if cpu else "-")
+        timed = epoch in wall and epoch in cpu
+        cells.append(f"{wall[epoch] / 60:.1f}" if timed else "-")
+        cells.append(f"{sum(v for e, v in wall.items() if e <= epoch) / 3600:.2f}" if timed else "-")
+        cells.append(f"{sum(v for e, v in cpu.items() if e <= epoch) / 3600:.2f}" if timed else "-")
         lines.append("| " + " | ".join(cells) + " |")
     if wall:
         lines.append(f"\n{len(wall)} of {len(first)} epochs timed: {sum(wall.values()) / 3600:.2f} h wall, "
