@@ -15,7 +15,17 @@ import pytest
 from conftest import CLASSES, REPO, onnx_outputs
 
 from export import backends
-from export.gate import GateTolerance, format_gate, load_images, main, run_gate, verdicts, write_gate
+from export.gate import (
+    GateTolerance,
+    _Tally,
+    _verdict,
+    format_gate,
+    load_images,
+    main,
+    run_gate,
+    verdicts,
+    write_gate,
+)
 from export.metadata import read_metadata
 from export.onnx_classifier import OnnxClassifier
 
@@ -130,3 +140,21 @@ def test_export_gates_what_it_writes(tiny_onnx: Path) -> None:
     assert {r["backend"] for r in record["results"]} == {"openvino"}
     assert all(isinstance(r["passed"], bool) for r in record["results"])
     assert record["labeled"] == 36 and len(CLASSES) == 3
+
+
+@pytest.mark.parametrize("images, flips, passed", [(256, 1, True), (256, 2, False), (1000, 2, True),
+                                                    (1000, 3, False)])
+def test_accuracy_change_is_judged_at_the_resolution_of_the_sample(images: int, flips: int,
+                                                                   passed: bool) -> None:
+    """Within 0.2 points, or one image where the sample is too small to show 0.2 points: one
+    wrong answer in 256 images (0.39 points) is what top-1 agreement already allows."""
+    labels = np.arange(images) % 10
+    got = labels.copy()
+    got[:flips] = (labels[:flips] + 1) % 10  # right answers turned wrong
+    tally = _Tally()
+    tally.top1.append(got)
+    known = np.ones(images, bool)
+    result = _verdict(("openvino", "bf16"), tally, labels, labels, known, 1.0, GateTolerance())
+    assert result.passed is passed
+    assert passed or result.failures[-1] == (f"accuracy {1 - flips / images:.2%} vs 100.00% (more than "
+                                            f"{max(0.2, 100 / images):.2f} points)")
