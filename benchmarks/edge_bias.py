@@ -2,9 +2,10 @@
 model's wiring rather than the image (#19: rollout's bottom-edge hot spot).
 
 For each checkpoint: the attention each patch receives in the first and the last layer
-(mean over images, heads and queries) and the mean rollout map, each scaled so that a
-uniform map is 1, summarized by its top/bottom rows, left/right columns and centre; then the
-same after interventions that separate the suspects:
+(mean over images, heads and queries), the mean rollout map and what each patch actually
+does to the answer (occlusion: the mean |drop| of the predicted class's logit when the patch
+is blanked), each scaled so that a uniform map is 1, summarized by its top/bottom rows,
+left/right columns and centre; then the same after interventions that separate the suspects:
 
     images flipped     upside down / left-right: a bias that stays put is not in the images
     pos 180            position embeddings rotated by 180 degrees: a bias that follows them
@@ -12,7 +13,8 @@ same after interventions that separate the suspects:
     pos zero           no position embeddings at all
 
 A bias that survives all of them and is already there in layer 0 comes from the tokenizer
-(see ``vit.vit.ConvStem``: ``stem_pool=3`` shifts the token grid up-left).
+(see ``vit.vit.ConvStem``: ``stem_pool=3`` shifts the token grid up-left). Attention a row
+receives that its occlusion effect does not match is attention the answer does not use.
 
     python benchmarks/edge_bias.py CKPT [CKPT ...] --data ../shared/data/cifar10/train --split val
 """
@@ -33,6 +35,7 @@ from faithfulness import preprocess_image_file, sample_images  # noqa: E402
 
 from vit.checkpoint import load_vit  # noqa: E402
 from vit.preprocess import Preprocess  # noqa: E402
+from vit.relevance import occlusion_relevance  # noqa: E402
 from vit.rollout import attention_rollout  # noqa: E402
 from vit.vit import ViT  # noqa: E402
 
@@ -46,14 +49,17 @@ def profile(grid_map: np.ndarray) -> dict[str, float]:
 
 
 def attention_profiles(model: ViT, x: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Received attention in layer 0 and the last layer, and the mean rollout map."""
+    """Received attention in layer 0 and the last layer, the mean rollout map and the mean
+    |occlusion| map of the predicted class."""
     p, grid = model.num_prefix_tokens, model.grid_size
     with torch.inference_mode():
-        _, weights = model(x, return_attention=True)
+        logits, weights = model(x, return_attention=True)
     w = torch.stack(weights, dim=1).numpy()  # (B, L, H, N, N)
     received = lambda layer: w[:, layer, :, p:, p:].mean(axis=(0, 1, 2)).reshape(grid)  # (Gh, Gw)
     rollout = attention_rollout(w, num_prefix_tokens=p, grid=grid, pool=model.config.global_pool).mean(0)
-    return {"layer 0": profile(received(0)), "last layer": profile(received(-1)), "rollout": profile(rollout)}
+    effect = np.abs(occlusion_relevance(model, x, logits.argmax(1).tolist())).mean(0)  # (Gh, Gw)
+    return {"layer 0": profile(received(0)), "last layer": profile(received(-1)), "rollout": profile(rollout),
+            "occlusion": profile(effect)}
 
 
 def interventions(model: ViT, x: torch.Tensor) -> dict[str, dict[str, dict[str, float]]]:
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.from_numpy(np.stack([preprocess_image_file(f, spec) for f, _ in items]))
         cfg = model.config
         print(f"\n{path}: stem {cfg.stem} (pool {cfg.stem_pool}), {len(items)} images; "
-              "attention received per patch, 1 = uniform")
+              "attention received per patch (occlusion: effect of blanking it), 1 = uniform")
         print(f"{'':<20}{'map':<12}{'top':>7}{'bottom':>8}{'left':>7}{'right':>7}{'centre':>8}")
         for name, maps in interventions(model, x).items():
             for kind, prof in maps.items():
