@@ -48,32 +48,34 @@ def profile(grid_map: np.ndarray) -> dict[str, float]:
             "centre": m[gh // 4:gh - gh // 4, gw // 4:gw - gw // 4].mean()}
 
 
-def attention_profiles(model: ViT, x: torch.Tensor) -> dict[str, dict[str, float]]:
-    """Received attention in layer 0 and the last layer, the mean rollout map and the mean
-    |occlusion| map of the predicted class."""
+def attention_profiles(model: ViT, x: torch.Tensor, occlusion: bool = True) -> dict[str, dict[str, float]]:
+    """Received attention in layer 0 and the last layer, the mean rollout map and (with
+    ``occlusion``) the mean |occlusion| map of the predicted class."""
     p, grid = model.num_prefix_tokens, model.grid_size
     with torch.inference_mode():
         logits, weights = model(x, return_attention=True)
     w = torch.stack(weights, dim=1).numpy()  # (B, L, H, N, N)
     received = lambda layer: w[:, layer, :, p:, p:].mean(axis=(0, 1, 2)).reshape(grid)  # (Gh, Gw)
     rollout = attention_rollout(w, num_prefix_tokens=p, grid=grid, pool=model.config.global_pool).mean(0)
-    effect = np.abs(occlusion_relevance(model, x, logits.argmax(1).tolist())).mean(0)  # (Gh, Gw)
-    return {"layer 0": profile(received(0)), "last layer": profile(received(-1)), "rollout": profile(rollout),
-            "occlusion": profile(effect)}
+    maps = {"layer 0": profile(received(0)), "last layer": profile(received(-1)), "rollout": profile(rollout)}
+    if occlusion:
+        effect = np.abs(occlusion_relevance(model, x, logits.argmax(1).tolist())).mean(0)  # (Gh, Gw)
+        maps["occlusion"] = profile(effect)
+    return maps
 
 
 def interventions(model: ViT, x: torch.Tensor) -> dict[str, dict[str, dict[str, float]]]:
     rows = {"images as they are": attention_profiles(model, x),
             "images upside down": attention_profiles(model, x.flip(2)),
-            "images left-right": attention_profiles(model, x.flip(3))}
+            "images left-right": attention_profiles(model, x.flip(3), occlusion=False)}
     pos = model.pos_embed.data.clone()
     n = 0 if model.config.no_embed_class else model.num_prefix_tokens
     grid = pos[:, n:].reshape(1, *model.grid_size, -1)  # (1, Gh, Gw, D)
     try:
         model.pos_embed.data = torch.cat([pos[:, :n], grid.flip(1, 2).reshape(1, -1, pos.shape[-1])], dim=1)
-        rows["pos 180"] = attention_profiles(model, x)
+        rows["pos 180"] = attention_profiles(model, x, occlusion=False)
         model.pos_embed.data = torch.cat([pos[:, :n], torch.zeros_like(pos[:, n:])], dim=1)
-        rows["pos zero"] = attention_profiles(model, x)
+        rows["pos zero"] = attention_profiles(model, x, occlusion=False)
     finally:
         model.pos_embed.data = pos
     return rows
