@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                               val_fraction=0.1, split_seed=0)
         x = torch.from_numpy(np.stack([preprocess_image_file(f, spec) for f, _ in items]))
         cfg = model.config
-        print(f"\n{path}: stem {cfg.stem} (pool {cfg.stem_pool}), {len(items)} images; "
+        stem = f"conv (pool {cfg.stem_pool})" if cfg.stem == "conv" else cfg.stem
+        print(f"\n{path}: stem {stem}, {cfg.reg_tokens} registers, {len(items)} images; "
               "attention received per patch (occlusion: effect of blanking it), 1 = uniform")
         print(f"{'':<20}{'map':<12}{'top':>7}{'bottom':>8}{'left':>7}{'right':>7}{'centre':>8}")
         for name, maps in interventions(model, x).items():
