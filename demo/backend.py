@@ -40,6 +40,7 @@ class ModelCard:
     has_attention: bool
     class_specific: bool
     class_method: str = ""  # how the class-specific map is computed, for the page's sentence
+    reg_tokens: int = 0  # registers among the prefix tokens (the rest: a class token)
 
 
 @dataclass
@@ -102,6 +103,7 @@ class OnnxBackend:
             stem=str(cfg.get("stem", "patch")),
             source=_describe_source(info.source), val_acc=info.val_acc, has_attention=info.has_attention,
             class_specific=info.class_specific, class_method=OCCLUSION,
+            reg_tokens=int(cfg.get("reg_tokens", 0)),
         )
 
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
@@ -142,7 +144,7 @@ class TorchBackend:
             num_prefix_tokens=cfg.num_prefix_tokens, pool=cfg.global_pool, depth=cfg.depth,
             num_heads=cfg.num_heads, stem=cfg.stem, source=_describe_source(record.get("source")),
             val_acc=record.get("val_acc"), has_attention=True, class_specific=True,
-            class_method=OCCLUSION,
+            class_method=OCCLUSION, reg_tokens=cfg.reg_tokens,
         )
 
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:

@@ -48,7 +48,8 @@ def _reads(card: ModelCard) -> str:
     """What the model answers from, in words."""
     if card.num_prefix_tokens and card.pool == "token":
         return "its class token"
-    return f"the average of its {card.grid[0] * card.grid[1]} patch tokens (it has no class token)"
+    registers = f"; its {card.reg_tokens} registers are left out" if card.reg_tokens else ""
+    return f"the average of its {card.grid[0] * card.grid[1]} patch tokens (it has no class token{registers})"
 
 
 def header(card: ModelCard) -> str:
@@ -121,7 +122,9 @@ def model_panel(card: ModelCard) -> str:
     """Markdown describing the model being served."""
     spec = card.preprocess
     acc = f"{card.val_acc:.2%}" if card.val_acc is not None else "not recorded"
-    tokens = f"+ {card.num_prefix_tokens} class token" if card.num_prefix_tokens else "no class token"
+    tokens = "+ class token" if card.num_prefix_tokens > card.reg_tokens else "no class token"
+    if card.reg_tokens:
+        tokens += f", {card.reg_tokens} registers"
     tokenizer = "convolutional tokenizer" if card.stem == "conv" else "patch"
     maps = "attention rollout and one layer's attention" if card.has_attention else \
         "none (this ONNX file was exported without `--attention`)"

@@ -222,7 +222,7 @@ def test_model_panel_describes_the_model(demo_model: dict[str, Path]) -> None:
     onnx = model_panel(card)
     assert "`tiny.onnx`" in onnx and f"**Runs on:** {card.runtime}" in onnx
     assert "circle, square, stripes" in onnx
-    assert "2 layers x 2 heads" in onnx and "grid 4x4 + 1 class token" in onnx and "75.00%" in onnx
+    assert "2 layers x 2 heads" in onnx and "grid 4x4 + class token" in onnx and "75.00%" in onnx
     assert "attention rollout and one layer's attention" in onnx
     assert ("class-specific" in onnx) == card.class_specific
     torch_panel = model_panel(TorchBackend(demo_model["checkpoint"]).card)
@@ -244,6 +244,9 @@ def test_page_text_matches_the_model(demo_model: dict[str, Path]) -> None:
     text = header(avg) + map_note(avg, VIEWS[0]) + map_note(avg, VIEWS[1])
     assert "the average of its 64 patch tokens (it has no class token)" in text
     assert "class token drew" not in text and "information in the tokens the model averages" in text
+    registers = replace(avg, num_prefix_tokens=4, reg_tokens=4)  # the recipe's layout (#19)
+    assert "64 patch tokens (it has no class token; its 4 registers are left out)" in header(registers)
+    assert "no class token, 4 registers, avg pooling" in model_panel(registers)
     assert "32×32 square" in framing_note(card) and "Centre crop" in framing_note(card)
     assert "No class-specific map" in class_note(replace(card, class_specific=False))
     assert "raise (red)" in class_note(replace(card, class_specific=True, class_method="a method"))
