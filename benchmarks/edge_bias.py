@@ -90,24 +90,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-images", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    torch.set_grad_enabled(False)
-    for path in args.checkpoints:
-        model, record = load_vit(path)
-        spec = Preprocess(**record["preprocess"]) if record.get("preprocess") else Preprocess()
-        names = record.get("class_names") or []
-        items = sample_images(args.data, names, args.num_images, args.seed, split=args.split,
-                              val_fraction=0.1, split_seed=0)
-        x = torch.from_numpy(np.stack([preprocess_image_file(f, spec) for f, _ in items]))
-        cfg = model.config
-        stem = f"conv (pool {cfg.stem_pool})" if cfg.stem == "conv" else cfg.stem
-        print(f"\n{path}: stem {stem}, {cfg.reg_tokens} registers, {len(items)} images; "
-              "attention received per patch (occlusion: effect of blanking it), 1 = uniform")
-        print(f"{'':<20}{'map':<12}{'top':>7}{'bottom':>8}{'left':>7}{'right':>7}{'centre':>8}")
-        for name, maps in interventions(model, x).items():
-            for kind, prof in maps.items():
-                print(f"{name:<20}{kind:<12}" + "".join(f"{prof[k]:>{w}.2f}" for k, w in
-                      (("top", 7), ("bottom", 8), ("left", 7), ("right", 7), ("centre", 8))))
-                name = ""
+    with torch.no_grad():  # not set_grad_enabled: main() is also called in-process (tests)
+        for path in args.checkpoints:
+            model, record = load_vit(path)
+            spec = Preprocess(**record["preprocess"]) if record.get("preprocess") else Preprocess()
+            names = record.get("class_names") or []
+            items = sample_images(args.data, names, args.num_images, args.seed, split=args.split,
+                                  val_fraction=0.1, split_seed=0)
+            x = torch.from_numpy(np.stack([preprocess_image_file(f, spec) for f, _ in items]))
+            cfg = model.config
+            stem = f"conv (pool {cfg.stem_pool})" if cfg.stem == "conv" else cfg.stem
+            print(f"\n{path}: stem {stem}, {cfg.reg_tokens} registers, {len(items)} images; "
+                  "attention received per patch (occlusion: effect of blanking it), 1 = uniform")
+            print(f"{'':<20}{'map':<12}{'top':>7}{'bottom':>8}{'left':>7}{'right':>7}{'centre':>8}")
+            for name, maps in interventions(model, x).items():
+                for kind, prof in maps.items():
+                    print(f"{name:<20}{kind:<12}" + "".join(f"{prof[k]:>{w}.2f}" for k, w in
+                          (("top", 7), ("bottom", 8), ("left", 7), ("right", 7), ("centre", 8))))
+                    name = ""
     return 0
 
 

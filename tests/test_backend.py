@@ -66,7 +66,7 @@ def test_backend_and_precision_reach_the_classifier(demo_model: dict[str, Path])
     a checkpoint refuses them (it runs in PyTorch)."""
     import inspect
 
-    with pytest.raises(ValueError, match="--backend and --precision apply to .onnx files"):
+    with pytest.raises(ValueError, match="--backend, --precision and --provider apply to .onnx files"):
         load_backend(demo_model["checkpoint"], backend="openvino")
     if "backend" not in inspect.signature(OnnxClassifier).parameters:  # before #17's backend choice
         with pytest.raises(ValueError, match="--backend: this installation's OnnxClassifier has no"):

@@ -78,3 +78,4 @@ def test_occlusion_finds_the_row_the_answer_uses(tmp_path: Path, capsys: pytest.
     assert "24 images;" in printed and sum(r[:1] == ["occlusion"] for r in rows) == 2
     for row in ("images as they are", "images upside down", "images left-right", "pos 180", "pos zero"):
         assert row in printed
+    assert torch.is_grad_enabled()  # the command leaves autograd as it found it
