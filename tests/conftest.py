@@ -8,13 +8,16 @@ session-scoped so that every test file reuses one copy.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import os
 import random
 import struct
+import sys
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,20 @@ import torch
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module, imported as the script runs (its folder on the
+    path, for the scripts that import a sibling)."""
+    folder = str(REPO / "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", f"{folder}/{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(folder)
+    return module
 COMPAT = Path(__file__).resolve().parent / "data" / "compat"  # read-only files of an earlier release
 CLASSES = ("circle", "square", "stripes")
 

@@ -4,28 +4,19 @@ generate the same tokens (exactly the requested number). No speed target is asse
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_model
+from conftest import load_benchmark, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("benchmarks_decode", REPO / "benchmarks" / "decode.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_decode_benchmark_table_rows_numbers_and_tokens() -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("decode")
     model = tiny_model()
     rows = bench.run(model, batch=2, lengths={"short": 4, "long": 10}, beam=2, repeats=1, uncached=True)
     assert [(r["batch"], r["sentences"], r["method"]) for r in rows] == [
@@ -50,7 +41,7 @@ def test_decode_benchmark_table_rows_numbers_and_tokens() -> None:
 
 
 def test_random_model_is_the_multi30k_architecture() -> None:
-    cfg = load_benchmark().random_model(vocab=50).config
+    cfg = load_benchmark("decode").random_model(vocab=50).config
     assert (cfg.dim, cfg.num_heads, cfg.enc_depth, cfg.dec_depth, cfg.max_len) == (256, 4, 3, 3, 256)
     assert cfg.share_embeddings and cfg.src_vocab_size == cfg.tgt_vocab_size == 50
 
@@ -58,7 +49,7 @@ def test_random_model_is_the_multi30k_architecture() -> None:
 def test_time_all_takes_turns_and_returns_medians_and_results() -> None:
     calls: list[str] = []
     fns = {name: (lambda name=name: calls.append(name) or name.upper()) for name in "abc"}
-    seconds, results = load_benchmark().time_all(fns, repeats=3)
+    seconds, results = load_benchmark("decode").time_all(fns, repeats=3)
     # a warm-up round, then 3 rounds, the functions in turn, each round starting one further along
     assert calls == list("abc" "bca" "cab" "abc")
     assert results == {"a": "A", "b": "B", "c": "C"} and all(s >= 0 for s in seconds.values())
@@ -69,7 +60,7 @@ def test_onnx_rows_time_the_same_tokens(toy_model: Path, toy_onnx: Path) -> None
     which generates the tokens PyTorch does."""
     from vit.checkpoint import load_seq2seq
 
-    bench = load_benchmark()
+    bench = load_benchmark("decode")
     model = load_seq2seq(toy_model)[0]
     steppers = bench.onnx_steppers(toy_onnx, threads=1)
     assert {c: s.io_binding for c, s in steppers.items()} == {"onnx io": True, "onnx run": False}
@@ -86,9 +77,9 @@ def test_main_prints_one_table_for_all_batches(toy_model: Path, toy_onnx: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     """The command line: two batch sizes in one table, the mean of several checkpoints as the
     model (here the same one twice, so ONNX still generates its tokens)."""
-    load_benchmark().main(["--model", str(toy_model), str(toy_model), "--onnx", str(toy_onnx), "--uncached",
-                           "--batch", "1", "3", "--short", "3", "--long", "4", "--repeats", "1",
-                           "--threads", "1"])
+    bench = load_benchmark("decode")
+    bench.main(["--model", str(toy_model), str(toy_model), "--onnx", str(toy_onnx), "--uncached",
+                "--batch", "1", "3", "--short", "3", "--long", "4", "--repeats", "1", "--threads", "1"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("decoding, 1 threads,")
     assert lines[1] == ("| batch | sentences | method | PyTorch cache | no cache | speed-up | onnx io | "

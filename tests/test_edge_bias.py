@@ -3,32 +3,18 @@ model's answer really depends on (the test that tells used attention from a sink
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
-from conftest import GRID, PATCH, REPO, SIZE, train_one_patch_vit
+from conftest import GRID, PATCH, SIZE, load_benchmark, train_one_patch_vit
 from PIL import Image
 
 from vit.checkpoint import save_vit
 from vit.preprocess import Preprocess
 
 CLASS_NAMES = ["red", "blue", "none"]
-
-
-def load_benchmark() -> ModuleType:
-    sys.path.insert(0, str(REPO / "benchmarks"))  # edge_bias imports its sibling faithfulness
-    try:
-        spec = importlib.util.spec_from_file_location("edge_bias", REPO / "benchmarks" / "edge_bias.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
 
 
 def bottom_row_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +28,7 @@ def bottom_row_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
 
 
 def test_profile_scales_to_a_uniform_map_and_reads_the_edges() -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("edge_bias")
     grid_map = np.ones((4, 4))
     grid_map[-1] = 5.0  # the bottom row: 5x the others
     prof = bench.profile(grid_map)
@@ -54,7 +40,7 @@ def test_occlusion_finds_the_row_the_answer_uses(tmp_path: Path, capsys: pytest.
     """Evidence only in the bottom row: occlusion puts the bottom row far above the top one
     (and follows the evidence when the images are turned upside down); the command prints
     every map for a saved checkpoint and an image folder."""
-    bench = load_benchmark()
+    bench = load_benchmark("edge_bias")
     model = train_one_patch_vit(class_token=True)
     x, y = bottom_row_images(24, np.random.default_rng(3))
     maps = bench.attention_profiles(model, torch.from_numpy(x))

@@ -3,37 +3,26 @@ patches in the order of a faithful map destroys the prediction faster than a ran
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
-from conftest import REPO, make_image_folder, one_patch_images, train_one_patch_vit
+from conftest import load_benchmark, make_image_folder, one_patch_images, train_one_patch_vit
 from PIL import Image
 
 from export.vit_export import ExportOptions, export_checkpoint
 from vit.checkpoint import save_vit
 from vit.preprocess import Preprocess
 
-BENCHMARK = REPO / "benchmarks" / "faithfulness.py"
-
-
-def load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("faithfulness", BENCHMARK)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_area_under_curve() -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("faithfulness")
     np.testing.assert_allclose(bench.area_under(np.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])), [1.0, 0.25])
 
 
 def test_deletion_ranks_faithful_maps_above_random(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("faithfulness")
     model = train_one_patch_vit(class_token=True)
     spec = Preprocess(crop_size=16, resize_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     record = {"config": model.config.to_dict(), "class_names": ["red", "blue", "none"],
@@ -73,7 +62,7 @@ def test_validation_split_is_vit_trains(tmp_path: Path) -> None:
     """--split val draws only from the images vit-train holds out (same scan, same split)."""
     from vit.image_folder import scan_folder, split_indices
 
-    bench = load_benchmark()
+    bench = load_benchmark("faithfulness")
     make_image_folder(tmp_path / "data", per_class=20)
     found = scan_folder(tmp_path / "data")
     _, val = split_indices(found.labels, 0.25, 3)

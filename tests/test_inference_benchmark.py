@@ -4,23 +4,19 @@ and reports the issue's targets."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
-from conftest import REPO
+from conftest import load_benchmark
 
 from export.backends import availability
 
 
 @pytest.fixture(scope="module")
-def bench():
-    path = REPO / "benchmarks" / "inference.py"
-    spec = importlib.util.spec_from_file_location("benchmarks_inference", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench() -> ModuleType:
+    return load_benchmark("inference")
 
 
 def test_table_on_an_exported_file(bench, tiny_onnx: Path, tiny_data: Path, tmp_path: Path,

@@ -3,31 +3,18 @@ serving times, ratios against the first file; one-line errors."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import load_benchmark
 
 from export.metadata import read_metadata
 from vit.vit import ViT, ViTConfig
 
 
-def load_benchmark():
-    sys.path.insert(0, str(REPO / "benchmarks"))  # model_cost imports its sibling inference
-    try:
-        spec = importlib.util.spec_from_file_location("model_cost", REPO / "benchmarks" / "model_cost.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
-
-
 def test_cost_table_of_two_files(tiny_onnx: Path, tiny_onnx_attention: Path, tiny_data: Path,
                                  capsys: pytest.CaptureFixture, one_thread: None) -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("model_cost")
     assert bench.main([str(tiny_onnx), str(tiny_onnx_attention), "--images", str(tiny_data),
                        "--rounds", "1"]) == 0
     out = capsys.readouterr().out
@@ -42,6 +29,6 @@ def test_cost_table_of_two_files(tiny_onnx: Path, tiny_onnx_attention: Path, tin
 
 
 def test_missing_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("model_cost")
     assert bench.main([str(tmp_path / "nope.onnx")]) == 2
     assert capsys.readouterr().err.strip() == f"model_cost: {tmp_path / 'nope.onnx'}: no such file"
