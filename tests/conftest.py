@@ -604,10 +604,19 @@ def demo_server(demo_model: dict[str, Path]) -> Iterator[Any]:
     """The demo app on the ONNX model, launched in-process with the options ``vit-demo``
     uses, on a free port."""
     pytest.importorskip("gradio")
-    from demo.app import build_app, launch_options, queue_options
     from demo.backend import load_backend
 
-    app = build_app(load_backend(demo_model["onnx"]))
+    with launched(load_backend(demo_model["onnx"])) as app:
+        yield app
+
+
+@contextlib.contextmanager
+def launched(backend: Any) -> Iterator[Any]:
+    """The demo app on ``backend``, queued and launched in-process with the options
+    ``vit-demo`` uses, on a free port; closed on exit."""
+    from demo.app import build_app, launch_options, queue_options
+
+    app = build_app(backend)
     app.queue(**queue_options())
     app.launch(prevent_thread_lock=True, quiet=True, **launch_options())
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, REPO, corrupt_files
+from conftest import CLASSES, REPO, corrupt_files, launched
 from PIL import Image
 
 gr = pytest.importorskip("gradio")
@@ -401,13 +401,8 @@ def test_api_page_examples_run_as_shown(demo_server: gr.Blocks) -> None:
 @pytest.fixture(scope="module")
 def torch_demo_server(demo_model: dict[str, Path]) -> Iterator[gr.Blocks]:
     """The demo on the checkpoint (PyTorch, the same occlusion class maps), launched as vit-demo does."""
-    app = build_app(TorchBackend(demo_model["checkpoint"]))
-    app.queue(**queue_options())
-    app.launch(prevent_thread_lock=True, quiet=True, **launch_options())
-    try:
+    with launched(TorchBackend(demo_model["checkpoint"])) as app:
         yield app
-    finally:
-        app.close()
 
 
 def test_explain_gives_any_class_of_every_model_type(demo_server: gr.Blocks,
@@ -468,10 +463,7 @@ def test_an_onnx_file_with_class_maps_gets_them_on_the_page_and_through_explain(
 
     backend = OnnxBackend(demo_model["onnx"])
     assert backend.card.class_specific and "occlusion" in backend.card.class_method
-    app = build_app(backend)
-    app.queue(**queue_options())
-    app.launch(prevent_thread_lock=True, quiet=True, **launch_options())
-    try:
+    with launched(backend) as app:
         client = Client(app.local_url, verbose=False)
         assert "/explain" in client.view_api(return_format="dict")["named_endpoints"]
         path = example_images()[0]
@@ -485,5 +477,3 @@ def test_an_onnx_file_with_class_maps_gets_them_on_the_page_and_through_explain(
         drawn = client.predict(image=handle_file(path), label=other, api_name="/explain")
         want = render_class_map(session, backend.classifier.class_map(pixels, CLASSES.index(other)), 0.5)
         np.testing.assert_array_equal(np.asarray(Image.open(drawn).convert("RGB")), np.asarray(want))
-    finally:
-        app.close()

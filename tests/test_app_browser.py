@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import CLASSES
+from conftest import CLASSES, launched
 
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
@@ -71,16 +71,10 @@ CLASS_NAME = re.compile("|".join(CLASSES))
 @pytest.fixture(scope="module")
 def torch_app_url(demo_model: dict[str, Path]) -> Iterator[str]:
     """The demo on the checkpoint: PyTorch, with the same class-specific (occlusion) maps."""
-    from demo.app import build_app, launch_options, queue_options
     from demo.backend import TorchBackend
 
-    app = build_app(TorchBackend(demo_model["checkpoint"]))
-    app.queue(**queue_options())
-    app.launch(prevent_thread_lock=True, quiet=True, **launch_options())
-    try:
+    with launched(TorchBackend(demo_model["checkpoint"])) as app:
         yield app.local_url
-    finally:
-        app.close()
 
 
 def open_page(context: Any, url: str) -> Any:
