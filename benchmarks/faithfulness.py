@@ -11,8 +11,9 @@ the demo offers and the reference every map must beat:
 
     rollout          attention rollout (vit/rollout.py), --head-fusion / --discard-ratio
     raw-last-layer   the last layer's attention to the patches, mean over heads
-    occlusion        the true class's logit drop when each patch is blanked (vit/occlusion.py),
-                     the demo's class-specific map (ONNX and PyTorch alike)
+    occlusion        the true class's logit drop when each patch, alone and in 2x2 windows,
+                     is blanked (vit/occlusion.py), the demo's class-specific map (ONNX and
+                     PyTorch alike)
     class-rollout    each final token's share of the true class's logit, carried back along
                      rollout (files and checkpoints of average-pooling models)
     gradient         gradient-weighted rollout for the true class (checkpoints only)
@@ -127,7 +128,7 @@ class Subject:
         if "token_logits" in out:
             maps["class-rollout"] = class_rollout(out["attention"], out["token_logits"], y, **layout)
         copies = np.concatenate([occluded(image, self.grid) for image in x])  # (B*G, 3, H, W)
-        blanked = self.logits(copies).reshape(len(x), -1, out["logits"].shape[1])  # (B, G, K)
+        blanked = self.logits(copies).reshape(len(x), -1, out["logits"].shape[1])  # (B, W, K), W windows
         maps["occlusion"] = np.stack([occlusion_map(out["logits"][i], blanked[i], int(y[i]), self.grid)
                                       for i in range(len(x))])
         if self.gradient is not None:

@@ -77,8 +77,8 @@ def _describe_source(source: Any) -> str:
 
 
 # the class-specific map of both model types: the most faithful in benchmarks/faithfulness.py
-OCCLUSION = ("how much the class's score falls when the patch is blanked to the average colour "
-             "(occlusion, measured on the model itself)")
+OCCLUSION = ("how much the class's score falls when the patch, alone and with its neighbours, is blanked "
+             "to the average colour (occlusion, measured on the model itself)")
 
 
 class OnnxBackend:

@@ -295,8 +295,9 @@ class OnnxClassifier:
         """Class-specific relevance of each patch for one preprocessed image (3, H, W):
         (Gh, Gw) for one class index, (n, Gh, Gw) for several.
 
-        ``occlusion`` (every file; one batch of Gh*Gw runs): how much the class logit falls
-        when the patch is blanked to the dataset's mean colour (:mod:`vit.occlusion`).
+        ``occlusion`` (every file; one batch of runs, 113 on an 8x8 grid): how much the class
+        logit falls when the patch, alone and with its neighbours in 2x2 windows, is blanked
+        to the dataset's mean colour (:mod:`vit.occlusion`).
         ``class-rollout`` (files with ``token_logits``; no extra run): each final token's exact
         share of the class logit carried back to the patches along the attention rollout
         flows (:func:`vit.rollout.class_rollout`)."""
@@ -316,7 +317,7 @@ class OnnxClassifier:
                 raise ValueError(f"class index out of range [0, {len(every) - 1}]: {index.tolist()}")
             return every[index]
         logits = self.predict_batch(pixels[None], ["logits"])["logits"][0]  # (K,)
-        copies = occluded(pixels.astype(np.float32, copy=False), grid)  # (Gh*Gw, 3, H, W)
+        copies = occluded(pixels.astype(np.float32, copy=False), grid)  # (W, 3, H, W), W windows
         return occlusion_map(logits, self.predict_batch(copies, ["logits"])["logits"], class_index, grid)
 
     def decode(self, outputs: dict[str, np.ndarray], top_k: int = 5) -> list[Prediction]:

@@ -74,7 +74,7 @@ def logit_offset(model: ViT) -> Tensor:
 def occlusion_relevance(model: ViT, images: Tensor, classes: int | Sequence[int]) -> np.ndarray:
     """Occlusion maps (:mod:`vit.occlusion`) through PyTorch: images (B, C, H, W) and one
     class per image (or one for all) -> (B, Gh, Gw), the drop of the class logit when each
-    patch is blanked. The ONNX path computes the same from the file alone
+    patch and the windows around it are blanked. The ONNX path computes the same from the file alone
     (``OnnxClassifier.class_map``)."""
     grid = patch_grid(model, images)
     index = np.broadcast_to(np.asarray(classes, dtype=np.int64).reshape(-1), (images.shape[0],))
@@ -82,7 +82,7 @@ def occlusion_relevance(model: ViT, images: Tensor, classes: int | Sequence[int]
     with torch.inference_mode():
         for pixels, c in zip(images.float().numpy(), index, strict=True):
             logits = model(torch.from_numpy(pixels)[None])[0].numpy()  # (K,)
-            blanked = model(torch.from_numpy(occluded(pixels, grid))).numpy()  # (Gh*Gw, K)
+            blanked = model(torch.from_numpy(occluded(pixels, grid))).numpy()  # (W, K), W windows
             maps.append(occlusion_map(logits, blanked, int(c), grid))
     return np.stack(maps)  # (B, Gh, Gw)
 
