@@ -4,7 +4,7 @@ model's wiring rather than the image (#19: rollout's bottom-edge hot spot).
 For each checkpoint: the attention each patch receives in the first and the last layer
 (mean over images, heads and queries), the mean rollout map and what each patch actually
 does to the answer (occlusion: the mean |drop| of the predicted class's logit when the patch
-is blanked), each scaled so that a uniform map is 1, summarized by its top/bottom rows,
+alone is blanked), each scaled so that a uniform map is 1, summarized by its top/bottom rows,
 left/right columns and centre; then the same after interventions that separate the suspects:
 
     images flipped     upside down / left-right: a bias that stays put is not in the images
@@ -59,7 +59,8 @@ def attention_profiles(model: ViT, x: torch.Tensor, occlusion: bool = True) -> d
     rollout = attention_rollout(w, num_prefix_tokens=p, grid=grid, pool=model.config.global_pool).mean(0)
     maps = {"layer 0": profile(received(0)), "last layer": profile(received(-1)), "rollout": profile(rollout)}
     if occlusion:
-        effect = np.abs(occlusion_relevance(model, x, logits.argmax(1).tolist())).mean(0)  # (Gh, Gw)
+        one_patch = occlusion_relevance(model, x, logits.argmax(1).tolist(), sizes=(1,))  # (B, Gh, Gw)
+        effect = np.abs(one_patch).mean(0)  # (Gh, Gw)
         maps["occlusion"] = profile(effect)
     return maps
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .occlusion import occluded, occlusion_map
+from .occlusion import SIZES, occluded, occlusion_map
 from .rollout import gradient_weighted_rollout
 from .vit import ViT
 
@@ -71,10 +71,12 @@ def logit_offset(model: ViT) -> Tensor:
     return head.weight @ beta + head.bias
 
 
-def occlusion_relevance(model: ViT, images: Tensor, classes: int | Sequence[int]) -> np.ndarray:
+def occlusion_relevance(model: ViT, images: Tensor, classes: int | Sequence[int],
+                        sizes: Sequence[int] = SIZES) -> np.ndarray:
     """Occlusion maps (:mod:`vit.occlusion`) through PyTorch: images (B, C, H, W) and one
     class per image (or one for all) -> (B, Gh, Gw), the drop of the class logit when each
-    patch and the windows around it are blanked. The ONNX path computes the same from the file alone
+    patch and the windows around it are blanked (window ``sizes`` in patches; ``(1,)``: each
+    patch alone). The ONNX path computes the same from the file alone
     (``OnnxClassifier.class_map``)."""
     grid = patch_grid(model, images)
     index = np.broadcast_to(np.asarray(classes, dtype=np.int64).reshape(-1), (images.shape[0],))
@@ -82,8 +84,9 @@ def occlusion_relevance(model: ViT, images: Tensor, classes: int | Sequence[int]
     with torch.inference_mode():
         for pixels, c in zip(images.float().numpy(), index, strict=True):
             logits = model(torch.from_numpy(pixels)[None])[0].numpy()  # (K,)
-            blanked = model(torch.from_numpy(occluded(pixels, grid))).numpy()  # (W, K), W windows
-            maps.append(occlusion_map(logits, blanked, int(c), grid))
+            copies = torch.from_numpy(occluded(pixels, grid, sizes=sizes))  # (W, C, H, W), W windows
+            blanked = model(copies).numpy()  # (W, K)
+            maps.append(occlusion_map(logits, blanked, int(c), grid, sizes))
     return np.stack(maps)  # (B, Gh, Gw)
 
 
