@@ -155,6 +155,17 @@ class MultiHeadAttention(nn.Module):
             out.append(y.view(b, t_len, self.num_heads, self.head_dim).transpose(1, 2))  # (B, H, T, Dh)
         return out[0], out[1], out[2]
 
+    def head_outputs(self, x: Tensor) -> Tensor:
+        """Self-attention only: every head's values carried through that head's slice of the
+        output projection, (B, H, T, D) for ``x`` (B, T, D) -- the vectors the attention
+        weights mix. The layer's output is exactly sum_h weights[:, h] @ head_outputs[:, h]
+        plus the projection's bias (Kobayashi et al. 2020, "Attention is Not Only a Weight")."""
+        if self.cross:
+            raise ValueError("head_outputs applies to self-attention layers only")
+        _, _, v = self._self_qkv(x)  # (B, H, T, Dh)
+        weight = self.proj.weight.view(-1, self.num_heads, self.head_dim)  # (D, H, Dh)
+        return torch.einsum("bhtk,dhk->bhtd", v, weight)  # (B, H, T, D)
+
     def project_context(self, context: Tensor) -> KVCache:
         """Cross-attention only: the context's projected keys and values (B, H, Tk, Dh),
         to pass back as ``cache`` on every later call."""

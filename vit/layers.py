@@ -117,14 +117,25 @@ class Block(nn.Module):
         """x (B, T, D) -> :class:`Attended`: the block's output (B, T, D), the attention
         weights (B, H, T, P + T) when asked for, the updated cache when ``use_cache``.
         ``mask``, ``causal`` and ``cache`` are :class:`MultiHeadAttention`'s."""
+        a = self.attend(x, mask=mask, causal=causal, cache=cache, use_cache=use_cache,
+                        return_attention=return_attention)
+        return Attended(self.feed_forward(a.x), a.weights, a.cache)
+
+    def attend(self, x: Tensor, **attention: object) -> Attended:
+        """The attention half: x (B, T, D) -> :class:`Attended` whose ``x`` is the residual
+        stream after the attention branch (and ``norm1`` when post-norm); keyword arguments
+        are :meth:`forward`'s."""
         h = self.norm1(x) if self.norm_first else x
-        a = self.attn(h, mask=mask, causal=causal, cache=cache, use_cache=use_cache,
-                      return_attention=return_attention)
+        a = self.attn(h, **attention)
         x = x + self.drop_path1(self.ls1(a.x))
         if not self.norm_first:
             x = self.norm1(x)
+        return Attended(x, a.weights, a.cache)
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        """The MLP half: the residual stream after :meth:`attend` (B, T, D) -> the block's output."""
         h = self.norm2(x) if self.norm_first else x
         x = x + self.drop_path2(self.ls2(self.mlp(h)))
         if not self.norm_first:
             x = self.norm2(x)
-        return Attended(x, a.weights, a.cache)
+        return x

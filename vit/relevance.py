@@ -36,6 +36,37 @@ def forward_with_attention(model: ViT, images: Tensor) -> tuple[Tensor, np.ndarr
     return logits, torch.stack(weights, dim=1).float().numpy()  # (B, L, H, N, N)
 
 
+def forward_with_contributions(model: ViT, images: Tensor) -> tuple[Tensor, tuple[Tensor, ...], Tensor]:
+    """images (B, C, H, W) -> final tokens (B, N, D) (after ``model.norm``), attention
+    weights per block, and every block's token-to-token contributions (B, L, N, N): row i
+    is how much each token j makes up token i's residual stream after that block's
+    attention, measured on the vectors (ALTI, Ferrando, Gallego & Costa-jussa 2022,
+    "Measuring the Mixing of Contextual Information in the Transformer").
+
+    Token i after the attention branch is y_i = sum_j T_i(x_j) + bias, with
+    T_i(x_j) = [i = j] x_i + sum_h A_h[i, j] f_h(x_j) (f_h: the head's values through its
+    slice of the output projection, :meth:`MultiHeadAttention.head_outputs`, and LayerScale);
+    the contribution is max(0, |y_i| - |y_i - T_i(x_j)|), rows normalized to sum to 1. So the
+    residual path gets the share its vector actually has instead of rollout's fixed half,
+    and a head's weight counts by the size of what it moves. Pre-norm blocks only."""
+    x = model.embed(images)  # (B, N, D)
+    n = x.shape[1]
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)[None, :, :, None]  # (1, N, N, 1)
+    weights, contributions = [], []
+    for block in model.blocks:
+        if not block.norm_first:
+            raise ValueError("contributions are defined here for pre-norm blocks only")
+        a = block.attend(x, return_attention=True)  # a.x: y (B, N, D), a.weights (B, H, N, N)
+        moved = block.ls1(block.attn.head_outputs(block.norm1(x)))  # (B, H, N, D)
+        parts = torch.einsum("bhij,bhjd->bijd", a.weights, moved) + eye * x[:, None]  # (B, N, N, D): T_i(x_j)
+        y = a.x[:, :, None]  # (B, N, 1, D)
+        c = (y.norm(dim=-1) - (y - parts).norm(dim=-1)).clamp(min=0.0)  # (B, N, N)
+        contributions.append(c / c.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(c.dtype).tiny))
+        weights.append(a.weights)
+        x = block.feed_forward(a.x)
+    return model.norm(x), tuple(weights), torch.stack(contributions, dim=1)  # (B, L, N, N)
+
+
 def token_logits(model: ViT, tokens: Tensor) -> Tensor:
     """Each patch token's share of every class logit, for average-pooling models:
     final tokens (B, N, D) (after ``model.norm``) -> (B, Gh*Gw, K), whose sum over tokens

@@ -118,7 +118,11 @@ def add_residual(attn: np.ndarray) -> np.ndarray:
 def _joint(fused: np.ndarray) -> np.ndarray:
     """Head-fused weights (B, L, N, N) -> R = (A_L + I) ... (A_1 + I), rows renormalized,
     (B, N, N): row i is how token i's final state draws on the input tokens."""
-    layers = add_residual(fused)  # (B, L, N, N)
+    return _product(add_residual(fused))
+
+
+def _product(layers: np.ndarray) -> np.ndarray:
+    """Row-stochastic mixing per layer (B, L, N, N) -> M_L ... M_1 (B, N, N)."""
     joint = layers[:, 0]  # (B, N, N)
     for layer in range(1, layers.shape[1]):
         joint = layers[:, layer] @ joint  # (B, N, N)
@@ -159,6 +163,42 @@ def attention_rollout(
     fused = fuse_heads(w[:, start_layer:], head_fusion)  # (B, L', N, N)
     joint = _joint(discard_weakest(fused, discard_ratio, num_prefix_tokens))  # (B, N, N)
     return _read_map(joint, num_prefix_tokens, grid, pool)
+
+
+def contribution_rollout(
+    contributions: np.ndarray,
+    token_logits: np.ndarray | None = None,
+    *,
+    num_prefix_tokens: int = 1,
+    grid: tuple[int, int] | None = None,
+    pool: str | None = None,
+) -> np.ndarray:
+    """Rollout of measured contributions (ALTI, Ferrando et al. 2022) -> relevance (B, Gh, Gw).
+
+    ``contributions`` (B, L, N, N): each block's token-to-token contributions, residual path
+    included and rows summing to 1 (:func:`vit.relevance.forward_with_contributions`, or the
+    ONNX output of that name); they are multiplied through the blocks as rollout multiplies
+    attention, with no head fusion and no added identity. Read as :func:`attention_rollout`
+    reads, except that an average-pooling model given its ``token_logits`` (B, Gh*Gw, K)
+    weighs each final token by how much it moves the logits -- the norm of its share of
+    them, centred over the classes (softmax ignores a shift common to all classes) -- which
+    is the readout's own contribution, instead of 1/n each. Class-agnostic, like rollout."""
+    c = np.asarray(contributions, dtype=np.float64)
+    if c.ndim != 4 or c.shape[-1] != c.shape[-2]:
+        raise ValueError(f"contributions must have shape (B, L, N, N), got {c.shape}")
+    b, _, n, _ = c.shape
+    grid, pool = _check_layout(n, num_prefix_tokens, grid, pool)
+    joint = _product(c)  # (B, N, N)
+    if pool != "avg" or token_logits is None:
+        return _read_map(joint, num_prefix_tokens, grid, pool)
+    shares = np.asarray(token_logits, dtype=np.float64)
+    p = num_prefix_tokens
+    if shares.ndim != 3 or shares.shape[:2] != (b, n - p):
+        raise ValueError(f"token_logits must have shape ({b}, {n - p}, K), got {shares.shape}")
+    reach = np.linalg.norm(shares - shares.mean(axis=2, keepdims=True), axis=2)  # (B, Gh*Gw)
+    reach = reach / np.maximum(reach.sum(axis=1, keepdims=True), np.finfo(np.float64).tiny)
+    scores = np.einsum("bi,bij->bj", reach, joint[:, p:, p:])  # (B, Gh*Gw)
+    return scores.reshape(-1, *grid)  # (B, Gh, Gw)
 
 
 def raw_attention(

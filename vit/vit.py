@@ -267,13 +267,18 @@ class ViT(nn.Module):
         x = torch.cat([*prefix, x], dim=1)  # (B, N, D)
         return x + torch.cat([pos_prefix, pos], dim=1)
 
+    def embed(self, images: Tensor) -> Tensor:
+        """images (B, C, H, W) -> the token stream the first block reads (B, N, D): the
+        patch tokens after the prefix tokens, with position embeddings."""
+        x, grid = self.patch_embed(images)  # (B, Gh*Gw, D)
+        return self.pos_drop(self._pos_embed(x, grid))  # (B, N, D)
+
     def forward_features(
         self, images: Tensor, return_attention: bool = False
     ) -> tuple[Tensor, tuple[Tensor, ...]]:
         """images (B, C, H, W) -> tokens (B, N, D) after the final norm, and attention
         weights per block (an empty tuple unless ``return_attention``)."""
-        x, grid = self.patch_embed(images)  # (B, Gh*Gw, D)
-        x = self.pos_drop(self._pos_embed(x, grid))  # (B, N, D)
+        x = self.embed(images)  # (B, N, D)
         weights = []
         for block in self.blocks:
             x, w, _ = block(x, return_attention=return_attention)
