@@ -10,7 +10,8 @@ under a ``vit.``-prefixed key, so any ONNX tool can show it and any language can
     vit.config           ViTConfig.to_dict()
     vit.num_prefix_tokens  1 (class token) or 0
     vit.grid_size        [Gh, Gw] patch grid; N = num_prefix_tokens + Gh*Gw
-    vit.outputs          ["logits"], ["logits", "attention"] or ["logits", "attention", "token_logits"]
+    vit.outputs          ["logits"], or "logits", "attention", "token_logits" (average pooling)
+                         and "contributions" (files from December 2026 on; older ones lack it)
     vit.source           {"checkpoint": path, "exported_at": ISO date, "record_source": str}
     vit.val_acc          float or null
     vit.variant          "fp32", "fp32-optimized", "int8", "fp16"

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from vit.relevance import token_logits
+from vit.relevance import forward_with_contributions, token_logits
 from vit.rollout import attention_rollout
 from vit.vit import ViT
 
@@ -62,6 +62,7 @@ class Reference:
     attention: np.ndarray | None  # (B, L, H, N, N)
     labels: np.ndarray | None = None
     token_logits: np.ndarray | None = None  # (B, Gh*Gw, K), average-pooling models
+    contributions: np.ndarray | None = None  # (B, L, N, N), with attention
 
 
 @dataclass
@@ -76,6 +77,7 @@ class ParityReport:
     attention_diff: float | None = None
     rollout_diff: float | None = None
     token_logits_diff: float | None = None
+    contributions_diff: float | None = None
     accuracy: float | None = None
     reference_accuracy: float | None = None
     failures: list[str] = field(default_factory=list)
@@ -93,6 +95,8 @@ class ParityReport:
             parts.append(f"max|drollout|={self.rollout_diff:.2e}")
         if self.token_logits_diff is not None:
             parts.append(f"max|dtoken_logits|={self.token_logits_diff:.2e}")
+        if self.contributions_diff is not None:
+            parts.append(f"max|dcontrib|={self.contributions_diff:.2e}")
         if self.accuracy is not None:
             parts.append(f"acc={self.accuracy:.2%} (torch fp32 {self.reference_accuracy:.2%})")
         parts.append("ok" if self.passed else "FAILED: " + "; ".join(self.failures))
@@ -102,17 +106,19 @@ class ParityReport:
 def torch_reference(model: ViT, inputs: np.ndarray, *, name: str, return_attention: bool,
                     labels: np.ndarray | None = None, batch_size: int = 64) -> Reference:
     """Run the PyTorch model (eval mode, float32) on ``inputs``; with ``return_attention``
-    also its attention weights and, for average-pooling models, ``token_logits``."""
+    also its attention weights, the blocks' contributions and, for average-pooling models,
+    ``token_logits``."""
     model.eval()
     shares = return_attention and has_token_logits(model)
-    logits, weights, token_shares = [], [], []
+    logits, weights, token_shares, contributions = [], [], [], []
     with torch.no_grad():
         for start in range(0, len(inputs), batch_size):
             x = torch.from_numpy(inputs[start:start + batch_size])
             if return_attention:
-                tokens, w = model.forward_features(x, return_attention=True)  # (B, N, D)
+                tokens, w, c = forward_with_contributions(model, x)  # (B, N, D), ..., (B, L, N, N)
                 out = model.forward_head(tokens)
                 weights.append(torch.stack(w, dim=1).numpy())  # (B, L, H, N, N)
+                contributions.append(c.numpy())
                 if shares:
                     token_shares.append(token_logits(model, tokens).numpy())  # (B, Gh*Gw, K)
             else:
@@ -120,7 +126,8 @@ def torch_reference(model: ViT, inputs: np.ndarray, *, name: str, return_attenti
             logits.append(out.numpy())
     return Reference(name, inputs, np.concatenate(logits),
                      np.concatenate(weights) if return_attention else None, labels,
-                     np.concatenate(token_shares) if shares else None)
+                     np.concatenate(token_shares) if shares else None,
+                     np.concatenate(contributions) if return_attention else None)
 
 
 def run_onnx(path: str | Path, inputs: np.ndarray) -> dict[str, np.ndarray]:
@@ -162,6 +169,10 @@ def check_parity(path: str | Path, ref: Reference, *, variant: str, tolerance: T
         else:
             report.token_logits_diff = float(np.abs(got["token_logits"] - ref.token_logits).max())
             report.failures += over_limits([("token_logits difference", report.token_logits_diff, bound)])
+    if ref.contributions is not None and "contributions" in got:  # files before December 2026 lack it
+        report.contributions_diff = float(np.abs(got["contributions"] - ref.contributions).max())
+        report.failures += over_limits([("contributions difference", report.contributions_diff,
+                                         tolerance.attention_atol)])
     if ref.labels is not None and (ref.labels >= 0).any():
         known = ref.labels >= 0
         report.accuracy = float((logits.argmax(1) == ref.labels)[known].mean())

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from vit.attention import configure_attention
 from vit.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from vit.relevance import token_logits
+from vit.relevance import forward_with_contributions, token_logits
 from vit.vit import ViT
 
 from .metadata import OPSET, ModelMetadata, set_metadata
@@ -48,9 +48,11 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "LayerNormalization", "SkipLayer
 
 class ExportModel(nn.Module):
     """What is traced: images (B, C, H, W) -> logits (B, K), and with ``attention`` also
-    every block's weights stacked, (B, L, H, N, N), and for average-pooling models each
-    patch token's share of every class logit, ``token_logits`` (B, Gh*Gw, K)
-    (:func:`vit.relevance.token_logits`: class-specific maps from the file alone)."""
+    every block's weights stacked, (B, L, H, N, N), for average-pooling models each patch
+    token's share of every class logit, ``token_logits`` (B, Gh*Gw, K)
+    (:func:`vit.relevance.token_logits`: class-specific maps from the file alone), and every
+    block's token-to-token ``contributions`` (B, L, N, N)
+    (:func:`vit.relevance.forward_with_contributions`: contribution rollout)."""
 
     def __init__(self, model: ViT, return_attention: bool = False) -> None:
         super().__init__()
@@ -64,12 +66,13 @@ class ExportModel(nn.Module):
     def forward(self, images: Tensor) -> Tensor | tuple[Tensor, ...]:
         if not self.return_attention:
             return self.model(images)
-        tokens, weights = self.model.forward_features(images, return_attention=True)  # (B, N, D)
+        tokens, weights, contributions = forward_with_contributions(self.model, images)  # (B, L, N, N) last
         logits = self.model.forward_head(tokens)
         attention = torch.stack(weights, dim=1)  # (B, L, H, N, N)
         if not has_token_logits(self.model):
-            return logits, attention
-        return logits, attention, token_logits(self.model, tokens)  # (B, Gh*Gw, K)
+            return logits, attention, contributions
+        shares = token_logits(self.model, tokens)  # (B, Gh*Gw, K)
+        return logits, attention, shares, contributions
 
 
 def has_token_logits(model: ViT) -> bool:
@@ -80,7 +83,7 @@ def has_token_logits(model: ViT) -> bool:
 def output_names(return_attention: bool, token_logits: bool = False) -> list[str]:
     if not return_attention:
         return ["logits"]
-    return ["logits", "attention", "token_logits"] if token_logits else ["logits", "attention"]
+    return ["logits", "attention", *(["token_logits"] if token_logits else []), "contributions"]
 
 
 def export_graph(model: ViT, path: str | Path, *, return_attention: bool = False, opset: int = OPSET) -> None:

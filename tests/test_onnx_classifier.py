@@ -128,7 +128,7 @@ def test_predict_batches_agree_with_one_by_one(clf: OnnxClassifier, tiny_onnx: P
 
 def test_attention_model_returns_attention_when_asked(tiny_onnx_attention: Path, tiny_data: Path) -> None:
     clf = OnnxClassifier(tiny_onnx_attention)
-    assert clf.info.has_attention and clf.output_names == ["logits", "attention"]
+    assert clf.info.has_attention and clf.output_names == ["logits", "attention", "contributions"]
     paths = sorted(tiny_data.rglob("*.png"))[:2]
     preds = clf.predict(paths, return_attention=True)
     assert all(p.attention.shape == (TINY["depth"], TINY["num_heads"], 17, 17) for p in preds)
@@ -137,9 +137,9 @@ def test_attention_model_returns_attention_when_asked(tiny_onnx_attention: Path,
     assert all(p.attention is None for p in labels_only)
     assert [p.labels for p in labels_only] == [p.labels for p in preds]
     batch = clf.preprocess(paths)
-    assert set(clf.predict_batch(batch)) == {"logits", "attention"}  # every output, as before
+    assert set(clf.predict_batch(batch)) == {"logits", "attention", "contributions"}  # every output
     assert set(clf.predict_batch(batch, outputs=["logits"])) == {"logits"}
-    with pytest.raises(ValueError, match=r"outputs: 'weights' asked for; .* has logits, attention"):
+    with pytest.raises(ValueError, match=r"outputs: 'weights' asked for; .* has logits, attention, contrib"):
         clf.predict_batch(batch, outputs=["weights"])
 
 

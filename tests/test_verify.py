@@ -31,17 +31,21 @@ def test_torch_reference_logits_and_attention(tiny_checkpoint: Path, inputs: np.
     np.testing.assert_allclose(ref.logits, logits.numpy(), atol=1e-6)
     np.testing.assert_allclose(ref.attention, torch.stack(weights, 1).numpy(), atol=1e-6)
     assert ref.attention.shape == (5, TINY["depth"], TINY["num_heads"], 17, 17)
+    assert ref.contributions.shape == (5, TINY["depth"], 17, 17)
+    np.testing.assert_allclose(ref.contributions.sum(-1), 1.0, atol=1e-5)
     plain = torch_reference(model, inputs[:5], name="random", return_attention=False)
-    assert plain.attention is None
+    assert plain.attention is None and plain.contributions is None
     np.testing.assert_allclose(plain.logits, ref.logits, atol=1e-5)
 
 
 def test_run_onnx_over_batch_sizes_equals_one_batch(tiny_onnx_attention: Path, inputs: np.ndarray) -> None:
     out = run_onnx(tiny_onnx_attention, inputs)  # batches of 1, 3, 64, 2
-    assert set(out) == {"logits", "attention"} and out["logits"].shape == (70, TINY["num_classes"])
+    assert set(out) == {"logits", "attention", "contributions"}
+    assert out["logits"].shape == (70, TINY["num_classes"])
     whole = run_onnx(tiny_onnx_attention, inputs[4:68])  # one batch of 1, 3, then 60
     np.testing.assert_allclose(out["logits"][4:68], whole["logits"], atol=1e-5)
     np.testing.assert_allclose(out["attention"][4:68], whole["attention"], atol=1e-6)
+    np.testing.assert_allclose(out["contributions"][4:68], whole["contributions"], atol=1e-6)
 
 
 def test_parity_report_passes_and_names_failures(tiny_checkpoint: Path, tiny_onnx_attention: Path,
@@ -52,11 +56,12 @@ def test_parity_report_passes_and_names_failures(tiny_checkpoint: Path, tiny_onn
     report = check_parity(tiny_onnx_attention, ref, variant="fp32", tolerance=TOLERANCES["fp32"], **LAYOUT)
     assert report.passed and report.count == 20 and report.top1_agreement == 1.0
     assert report.max_logit_diff < 1e-4 and report.attention_diff < 1e-4 and report.rollout_diff < 1e-4
+    assert report.contributions_diff < 1e-4 and "max|dcontrib|=" in report.line()
     assert report.accuracy == report.reference_accuracy  # over the 15 known labels
     assert report.line().endswith("ok") and "acc=" in report.line() and "max|dattn|=" in report.line()
     strict = replace(TOLERANCES["fp32"], atol=-1.0, attention_atol=-1.0, rollout_rtol=-1.0)
     failed = check_parity(tiny_onnx_attention, ref, variant="fp32", tolerance=strict, **LAYOUT)
-    assert not failed.passed and len(failed.failures) == 3
+    assert not failed.passed and len(failed.failures) == 4  # logits, attention, rollout, contributions
     assert "FAILED: max logit difference" in failed.line() and "attention difference" in failed.line()
     missing = check_parity(tiny_onnx, ref, variant="fp32", tolerance=TOLERANCES["fp32"], **LAYOUT)
     assert missing.failures == ["no attention output"]

@@ -16,8 +16,8 @@ from export.vit_onnx import ExportModel, build_metadata, count_ops, output_names
 from vit.attention import MultiHeadAttention
 from vit.checkpoint import load_vit
 from vit.preprocess import IMAGENET_MEAN
-from vit.relevance import logit_offset, token_logits
-from vit.rollout import attention_rollout, class_rollout
+from vit.relevance import forward_with_contributions, logit_offset, token_logits
+from vit.rollout import attention_rollout, class_rollout, contribution_rollout
 from vit.vit import ViT, ViTConfig
 
 
@@ -33,16 +33,22 @@ def test_attention_output_matches_pytorch_and_its_rollout(tiny_onnx_attention: P
                                                           tiny_checkpoint: Path) -> None:
     model, _ = load_vit(tiny_checkpoint)
     x = np.random.default_rng(2).standard_normal((3, 3, 32, 32)).astype(np.float32)
-    logits, attention = onnx_outputs(tiny_onnx_attention, x)
+    logits, attention, contributions = onnx_outputs(tiny_onnx_attention, x)
     with torch.no_grad():
         ref_logits, weights = model(torch.from_numpy(x), return_attention=True)
+        _, _, ref_contributions = forward_with_contributions(model, torch.from_numpy(x))
     ref = torch.stack(weights, 1).numpy()
     assert attention.shape == (3, TINY["depth"], TINY["num_heads"], 17, 17)  # (B, L, H, N, N)
     np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4)
     np.testing.assert_allclose(attention, ref, atol=1e-5)
     np.testing.assert_allclose(attention_rollout(attention, grid=(4, 4)), attention_rollout(ref, grid=(4, 4)),
                                rtol=1e-4, atol=1e-6)
-    assert read_metadata(tiny_onnx_attention).outputs == ["logits", "attention"]
+    assert contributions.shape == (3, TINY["depth"], 17, 17)  # (B, L, N, N)
+    np.testing.assert_allclose(contributions, ref_contributions.numpy(), atol=1e-5)
+    np.testing.assert_allclose(contribution_rollout(contributions, grid=(4, 4)),
+                               contribution_rollout(ref_contributions.numpy(), grid=(4, 4)),
+                               rtol=1e-4, atol=1e-6)
+    assert read_metadata(tiny_onnx_attention).outputs == ["logits", "attention", "contributions"]
 
 
 def test_export_only_attention_layout_equals_the_model() -> None:
@@ -53,7 +59,8 @@ def test_export_only_attention_layout_equals_the_model() -> None:
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(ExportModel(model)(x), model(x), atol=1e-5, rtol=1e-5)
-        logits, weights = ExportModel(model, return_attention=True)(x)
+        logits, weights, contributions = ExportModel(model, return_attention=True)(x)
+        assert contributions.shape == (4, TINY["depth"], 17, 17)
         assert weights.shape == (4, TINY["depth"], TINY["num_heads"], 17, 17)
     assert all(not m.split_qkv for m in model.modules() if isinstance(m, MultiHeadAttention))  # a copy
 
@@ -64,8 +71,9 @@ def test_token_logits_output_equals_pytorch_and_sums_to_the_logits(tiny_onnx_tok
     class-specific map computed from the file alone equals the one from PyTorch."""
     model, _ = load_vit(tiny_avg_checkpoint)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
-    logits, attention, shares = onnx_outputs(tiny_onnx_token_logits, x)
-    assert read_metadata(tiny_onnx_token_logits).outputs == ["logits", "attention", "token_logits"]
+    logits, attention, shares, _ = onnx_outputs(tiny_onnx_token_logits, x)
+    outputs = ["logits", "attention", "token_logits", "contributions"]
+    assert read_metadata(tiny_onnx_token_logits).outputs == outputs
     with torch.no_grad():
         tokens, weights = model.forward_features(torch.from_numpy(x), return_attention=True)
         want = token_logits(model, tokens).numpy()  # (B, Gh*Gw, K)
@@ -82,8 +90,9 @@ def test_token_logits_output_equals_pytorch_and_sums_to_the_logits(tiny_onnx_tok
 def test_output_names_and_graph_layouts(tiny_onnx: Path, tiny_onnx_attention: Path) -> None:
     """The logits-only graph has the split q/k/v layout (three projections on plain weights per
     block, no slices of the packed weight); the attention graph keeps the packed ``qkv``."""
-    assert output_names(False) == ["logits"] and output_names(True) == ["logits", "attention"]
-    assert output_names(True, token_logits=True) == ["logits", "attention", "token_logits"]
+    assert output_names(False) == ["logits"]
+    assert output_names(True) == ["logits", "attention", "contributions"]
+    assert output_names(True, token_logits=True) == ["logits", "attention", "token_logits", "contributions"]
     ops = ("LayerNormalization", "Softmax", "MatMul", "Slice", "NoSuchOp")
     split, packed = count_ops(tiny_onnx, ops), count_ops(tiny_onnx_attention, ops)
     depth = TINY["depth"]
@@ -99,7 +108,8 @@ def test_metadata_of_a_checkpoint_without_preprocess_record(caplog: pytest.LogCa
     record = {"config": model.config.to_dict(), "class_names": None, "preprocess": None, "val_acc": None,
               "source": "timm checkpoint t.pth"}
     meta = build_metadata(model, record, checkpoint="t.pth", return_attention=True)
-    assert meta.class_names == ["class_0", "class_1"] and meta.outputs == ["logits", "attention"]
+    assert meta.class_names == ["class_0", "class_1"]
+    assert meta.outputs == ["logits", "attention", "contributions"]
     assert meta.preprocess["crop_size"] == 32 and meta.preprocess["resize_size"] == 36
     assert tuple(meta.preprocess["mean"]) == IMAGENET_MEAN and meta.preprocess["interpolation"] == "bicubic"
     assert "no preprocess record" in caplog.text
