@@ -10,6 +10,10 @@ most relevant first; the area is higher when the map is faithful. Maps compared,
 the demo offers and the reference every map must beat:
 
     rollout          attention rollout (vit/rollout.py), --head-fusion / --discard-ratio
+    contribution-rollout
+                     rollout of the blocks' measured token contributions (ALTI), the final
+                     tokens weighed by how much they move the logits (files exported with
+                     the contributions output, and checkpoints)
     raw-last-layer   the last layer's attention to the patches, mean over heads
     occlusion        the true class's logit drop when each patch, alone and in 2x2 windows,
                      is blanked (vit/occlusion.py), the demo's class-specific map (ONNX and
@@ -47,15 +51,17 @@ from export.backends import add_runtime_arguments  # noqa: E402
 from vit.image_folder import scan_folder, split_indices  # noqa: E402
 from vit.occlusion import occluded, occlusion_map  # noqa: E402
 from vit.preprocess import Preprocess, preprocess_image  # noqa: E402
-from vit.rollout import attention_rollout, class_rollout, raw_attention  # noqa: E402
+from vit.rollout import attention_rollout, class_rollout, contribution_rollout, raw_attention  # noqa: E402
 
-METHODS = ("rollout", "raw-last-layer", "occlusion", "class-rollout", "gradient", "random")
+METHODS = ("rollout", "contribution-rollout", "raw-last-layer", "occlusion", "class-rollout", "gradient",
+           "random")
 Logits = Callable[[np.ndarray], np.ndarray]  # (B, 3, H, W) float32 -> (B, K)
 
 
 class Subject:
     """The model under test, through PyTorch or an ONNX file: logits, and the outputs each
-    map needs (attention (B, L, H, N, N), token_logits (B, Gh*Gw, K), gradient maps)."""
+    map needs (attention (B, L, H, N, N), token_logits (B, Gh*Gw, K), contributions
+    (B, L, N, N), gradient maps)."""
 
     def __init__(self, path: Path, backend: str, precision: str, providers: list[str] | None = None) -> None:
         self.path = path
@@ -75,7 +81,7 @@ class Subject:
             import torch
 
             from vit.checkpoint import load_vit
-            from vit.relevance import class_relevance, token_logits
+            from vit.relevance import class_relevance, forward_with_contributions, token_logits
 
             model, record = load_vit(path)
             if not record.get("class_names") or not record.get("preprocess"):
@@ -84,14 +90,22 @@ class Subject:
             self.preprocess = Preprocess(**record["preprocess"])
             self.grid, self.num_prefix_tokens = model.grid_size, model.num_prefix_tokens
             self.pool, self.runtime = model.config.global_pool, "PyTorch fp32"
-            self.outputs = {"logits", "attention"} | ({"token_logits"} if self.pool == "avg" else set())
+            self.outputs = {"logits", "attention", "contributions"}
+            if self.pool == "avg":
+                self.outputs.add("token_logits")
 
             def run(x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
                 with torch.inference_mode():
-                    tokens, weights = model.forward_features(torch.from_numpy(x), "attention" in names)
+                    images = torch.from_numpy(x)
+                    if "contributions" in names:
+                        tokens, weights, contributions = forward_with_contributions(model, images)
+                    else:
+                        tokens, weights = model.forward_features(images, "attention" in names)
                     out = {"logits": model.forward_head(tokens).numpy()}
                     if "attention" in names:
                         out["attention"] = torch.stack(weights, dim=1).numpy()
+                    if "contributions" in names:
+                        out["contributions"] = contributions.numpy()
                     if "token_logits" in names:
                         out["token_logits"] = token_logits(model, tokens).numpy()
                 return out
@@ -111,12 +125,14 @@ class Subject:
             have.insert(-1, "gradient")
         if "attention" not in self.outputs:
             have = [m for m in have if m not in ("rollout", "raw-last-layer")]
+        if "contributions" not in self.outputs:
+            have.remove("contribution-rollout")
         return have
 
     def maps(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, *, head_fusion: str,
              discard_ratio: float) -> dict[str, np.ndarray]:
         """Every method's map for a batch, for the true classes ``y``: name -> (B, Gh, Gw)."""
-        names = ["logits"] + [n for n in ("attention", "token_logits") if n in self.outputs]
+        names = ["logits"] + [n for n in ("attention", "token_logits", "contributions") if n in self.outputs]
         out = self._run(x, names)
         layout = dict(num_prefix_tokens=self.num_prefix_tokens, grid=self.grid)
         maps: dict[str, np.ndarray] = {}
@@ -125,6 +141,9 @@ class Subject:
             maps["rollout"] = attention_rollout(w, head_fusion=head_fusion, discard_ratio=discard_ratio,
                                                 pool=self.pool, **layout)
             maps["raw-last-layer"] = raw_attention(w, -1, None, pool=self.pool, **layout)
+        if "contributions" in out:
+            maps["contribution-rollout"] = contribution_rollout(out["contributions"], out.get("token_logits"),
+                                                                pool=self.pool, **layout)
         if "token_logits" in out:
             maps["class-rollout"] = class_rollout(out["attention"], out["token_logits"], y, **layout)
         copies = np.concatenate([occluded(image, self.grid) for image in x])  # (B*G, 3, H, W)
