@@ -43,13 +43,13 @@ from .backend import Backend, load_backend
 from .look import (
     CSS,
     FRAMING_CHOICES,
-    VIEW_CHOICES,
     class_note,
     framing_note,
     header,
     map_note,
     model_panel,
     theme,
+    view_choices,
 )
 from .overlay import FRAMINGS
 from .views import (
@@ -59,6 +59,7 @@ from .views import (
     UploadError,
     ViewSettings,
     analyze,
+    default_view,
     open_upload,
     render,
     render_class_map,
@@ -216,9 +217,9 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
                                                                       opacity).opacity)), session
 
     def map_controls(view: str) -> tuple:
-        """Show the controls of the chosen map only, and its sentence."""
-        raw = view == VIEWS[1]
-        return gr.update(visible=not raw), gr.update(visible=raw), map_note(card, view)
+        """Show the controls of the chosen map only (contribution rollout has none), and its sentence."""
+        return (gr.update(visible=view == VIEWS[0]), gr.update(visible=view == VIEWS[1]),
+                map_note(card, view))
 
     with gr.Blocks(title="ViT image classifier", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
         gr.Markdown(header(card), elem_id="header")
@@ -246,12 +247,14 @@ def build_app(backend: Backend, *, translator: str | Path | None = None) -> gr.B
                 with gr.Column(min_width=320):
                     overlay = gr.Image(label="Where the answer came from", type="filepath", format="png",
                                        interactive=False, height=MAP_HEIGHT, elem_id="overlay")
-                    note = gr.HTML(map_note(card, VIEWS[0]), elem_id="map-note")
+                    note = gr.HTML(map_note(card, default_view(card)), elem_id="map-note")
                     opacity = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="Map opacity (both maps)",
                                         visible=maps, elem_id="opacity")
                     with gr.Accordion("Map settings", open=False, visible=maps):
-                        view = gr.Radio(VIEW_CHOICES, value=VIEWS[0], label="Map", elem_id="view")
-                        with gr.Row(visible=True, elem_id="rollout-controls") as rollout_controls:
+                        view = gr.Radio(view_choices(card), value=default_view(card), label="Map",
+                                        elem_id="view")
+                        with gr.Row(visible=default_view(card) == VIEWS[0],
+                                    elem_id="rollout-controls") as rollout_controls:
                             head_fusion = gr.Radio(list(HEAD_FUSIONS), value="mean", label="Fuse heads by")
                             discard = gr.Slider(0.0, 0.95, value=0.0, step=0.05,
                                                 label="Discard the weakest attentions (ratio)")

@@ -41,13 +41,15 @@ class ModelCard:
     class_specific: bool
     class_method: str = ""  # how the class-specific map is computed, for the page's sentence
     reg_tokens: int = 0  # registers among the prefix tokens (the rest: a class token)
+    has_contributions: bool = False  # contribution rollout (files exported from December 2026 on)
 
 
 @dataclass
 class Analysis:
     """One image through the model: top-k classes (best first), the attention weights
     (L, H, N, N) when the model gives them, and the class-specific map (Gh, Gw) of the top
-    class."""
+    class; the blocks' contributions (L, N, N) and, for average pooling, each patch token's
+    share of the logits (Gh*Gw, K), when the model gives them (contribution rollout)."""
 
     labels: list[str]
     probs: list[float]
@@ -55,6 +57,8 @@ class Analysis:
     attention: np.ndarray | None
     class_map: np.ndarray | None
     pixels: np.ndarray  # the preprocessed input (3, H, W), kept to explain other classes
+    contributions: np.ndarray | None = None
+    token_logits: np.ndarray | None = None
 
     def scores(self) -> dict[str, float]:
         """``{label: probability}`` for ``gr.Label``."""
@@ -103,16 +107,18 @@ class OnnxBackend:
             stem=str(cfg.get("stem", "patch")),
             source=_describe_source(info.source), val_acc=info.val_acc, has_attention=info.has_attention,
             class_specific=info.class_specific, class_method=OCCLUSION,
-            reg_tokens=int(cfg.get("reg_tokens", 0)),
+            reg_tokens=int(cfg.get("reg_tokens", 0)), has_contributions="contributions" in info.outputs,
         )
 
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
         pixels = self.classifier.preprocess(image)  # (1, 3, H, W)
-        [pred] = self.classifier.decode(self.classifier.predict_batch(pixels), top_k)  # every output
+        outputs = self.classifier.predict_batch(pixels)  # every output
+        [pred] = self.classifier.decode(outputs, top_k)
         indices = list(pred.indices or [])
         class_map = self.explain(pixels[0], indices[0]) if self.card.class_specific and indices else None
+        first = {name: outputs[name][0] for name in ("contributions", "token_logits") if name in outputs}
         return Analysis(labels=pred.labels, probs=pred.scores, indices=indices,
-                        attention=pred.attention, class_map=class_map, pixels=pixels[0])
+                        attention=pred.attention, class_map=class_map, pixels=pixels[0], **first)
 
     def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None:
         """The (Gh, Gw) map of ``class_index`` for one preprocessed image (3, H, W), or None
@@ -144,23 +150,28 @@ class TorchBackend:
             num_prefix_tokens=cfg.num_prefix_tokens, pool=cfg.global_pool, depth=cfg.depth,
             num_heads=cfg.num_heads, stem=cfg.stem, source=_describe_source(record.get("source")),
             val_acc=record.get("val_acc"), has_attention=True, class_specific=True,
-            class_method=OCCLUSION, reg_tokens=cfg.reg_tokens,
+            class_method=OCCLUSION, reg_tokens=cfg.reg_tokens, has_contributions=True,
         )
 
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
         import torch
 
-        from vit.relevance import forward_with_attention
+        from vit.relevance import forward_with_contributions, token_logits
 
         pixels = preprocess_image(image, self.card.preprocess)  # (3, H, W)
-        logits, attention = forward_with_attention(self.model, torch.from_numpy(pixels)[None])
+        with torch.inference_mode():
+            x = torch.from_numpy(pixels)[None]  # (1, 3, H, W)
+            tokens, weights, contributions = forward_with_contributions(self.model, x)
+            logits = self.model.forward_head(tokens)  # (1, K)
+            shares = token_logits(self.model, tokens)[0].numpy() if self.card.pool == "avg" else None
         probs = torch.softmax(logits.double(), dim=-1)[0]  # (K,)
         top = torch.topk(probs, min(top_k, probs.numel()))
         indices = [int(i) for i in top.indices]
         return Analysis(
             labels=[self.card.class_names[i] for i in indices], probs=[float(p) for p in top.values],
-            indices=indices, attention=attention[0], class_map=self.explain(pixels, indices[0]),
-            pixels=pixels,
+            indices=indices, attention=torch.stack(weights, dim=1)[0].float().numpy(),
+            class_map=self.explain(pixels, indices[0]), pixels=pixels,
+            contributions=contributions[0].float().numpy(), token_logits=shares,
         )
 
     def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None:

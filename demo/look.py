@@ -13,8 +13,15 @@ from .backend import ModelCard
 from .overlay import CLASS_COLORMAP, ROLLOUT_COLORMAP, css_gradient
 from .views import VIEWS
 
-ROLLOUT, RAW = "Attention rollout", "One layer's attention"
-VIEW_CHOICES = [(ROLLOUT, VIEWS[0]), (RAW, VIEWS[1])]  # (label on the page, value in the API)
+ROLLOUT, RAW, CONTRIBUTION = "Attention rollout", "One layer's attention", "Contribution rollout"
+
+
+def view_choices(card: ModelCard) -> list[tuple[str, str]]:
+    """The map radio's (label on the page, value in the API) pairs for the served model."""
+    plain = [(ROLLOUT, VIEWS[0]), (RAW, VIEWS[1])]
+    return [(CONTRIBUTION, VIEWS[2]), *plain] if card.has_contributions else plain
+
+
 FRAMING_CHOICES = [("Centre crop (as in training)", "crop"), ("Whole image (padded to a square)", "fit")]
 
 CSS = """
@@ -85,7 +92,13 @@ def map_note(card: ModelCard, view: str) -> str:
                 "export it again with <code>vit-export ... --attention</code>.</p></div>")
     reader = "the class token" if card.num_prefix_tokens and card.pool == "token" else \
         "the tokens the model averages for its answer"
-    if view == VIEWS[1]:
+    if view == VIEWS[2] and card.has_contributions:
+        counted = ", each averaged token counted by how much it moves the scores" * (card.pool == "avg")
+        text = (f"<b>{CONTRIBUTION}</b> (ALTI, Ferrando et al. 2022): how much of the information in "
+                f"{reader} came from each patch, following through all {card.depth} layers what each "
+                "token's vector actually adds (the residual path included), not the attention weights "
+                f"alone{counted}. It is the same for every class.")
+    elif view == VIEWS[1]:
         text = (f"<b>{RAW}</b>: how strongly {reader} attend{'s' if reader.startswith('the class') else ''} "
                 "to each patch in the chosen layer (one head, or all heads averaged). It is the same for "
                 "every class.")
@@ -128,6 +141,8 @@ def model_panel(card: ModelCard) -> str:
     tokenizer = "convolutional tokenizer" if card.stem == "conv" else "patch"
     maps = "attention rollout and one layer's attention" if card.has_attention else \
         "none (this ONNX file was exported without `--attention`)"
+    if card.has_contributions:
+        maps = "contribution rollout, " + maps
     if card.class_specific:
         maps += f"; class-specific: {card.class_method or 'yes'}"
     return "\n".join("- " + line for line in [

@@ -22,7 +22,7 @@ from PIL import Image
 
 from export.images import ImageLoadError, load_image
 from vit.preprocess import to_rgb
-from vit.rollout import attention_rollout, raw_attention
+from vit.rollout import attention_rollout, contribution_rollout, raw_attention
 
 from .backend import Analysis, Backend, ModelCard
 from .overlay import Box, draw_overlay, draw_signed_overlay, frame, model_view
@@ -30,7 +30,8 @@ from .overlay import Box, draw_overlay, draw_signed_overlay, frame, model_view
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = 40_000_000  # 40 megapixels: a large phone photo is ~12-50 MP; bombs are refused unread
-VIEWS = ("Attention rollout", "Raw attention (one layer)")
+# API values; the page lists "Contribution rollout" first, and opens on it, where the model gives it
+VIEWS = ("Attention rollout", "Raw attention (one layer)", "Contribution rollout")
 
 
 class UploadError(ValueError):
@@ -101,12 +102,22 @@ def analyze(backend: Backend, image: Image.Image, framing: str = "crop", top_k: 
                    model_view=model_view(analysis.pixels, spec), framing=framing)
 
 
+def default_view(card: ModelCard) -> str:
+    """The view the page opens on: contribution rollout where the model gives it."""
+    return VIEWS[2] if card.has_contributions else VIEWS[0]
+
+
 def relevance(card: ModelCard, session: Session, settings: ViewSettings) -> np.ndarray | None:
-    """The (Gh, Gw) map for ``settings`` from the stored attention (None without attention)."""
+    """The (Gh, Gw) map for ``settings`` from the stored outputs (None without attention).
+    Contribution rollout asked of a model without contributions is attention rollout."""
     weights = session.attention
     if weights is None:
         return None
     layout = dict(num_prefix_tokens=card.num_prefix_tokens, grid=card.grid, pool=card.pool)
+    analysis = session.analysis
+    if settings.view == VIEWS[2] and analysis.contributions is not None:
+        shares = None if analysis.token_logits is None else analysis.token_logits[None]
+        return contribution_rollout(analysis.contributions[None], shares, **layout)[0]
     depth, heads = weights.shape[0], weights.shape[1]
     if settings.view == VIEWS[1]:
         layer = min(max(int(settings.layer), -depth), depth - 1)

@@ -223,7 +223,7 @@ def test_model_panel_describes_the_model(demo_model: dict[str, Path]) -> None:
     assert "`tiny.onnx`" in onnx and f"**Runs on:** {card.runtime}" in onnx
     assert "circle, square, stripes" in onnx
     assert "2 layers x 2 heads" in onnx and "grid 4x4 + class token" in onnx and "75.00%" in onnx
-    assert "attention rollout and one layer's attention" in onnx
+    assert "contribution rollout, attention rollout and one layer's attention" in onnx
     assert ("class-specific" in onnx) == card.class_specific
     torch_panel = model_panel(TorchBackend(demo_model["checkpoint"]).card)
     assert "PyTorch" in torch_panel and "class-specific: how much the class's score falls" in torch_panel

@@ -157,7 +157,7 @@ def test_upload_shows_label_maps_legend_and_model_view(browser_context: Any, app
     assert seen and page.locator("#model-view img").bounding_box()["width"] >= 120
     # each map says what it means, with a colour legend; the words match the model
     note = page.locator("#map-note")
-    expect(note).to_contain_text("Attention rollout")
+    expect(note).to_contain_text("Contribution rollout")  # the default where the file gives it
     expect(note).to_contain_text("information in the class token")
     expect(note.locator(".legend .bar").first).to_be_visible()
     assert "gradient" in (note.locator(".legend .bar").first.get_attribute("style") or "")
@@ -178,13 +178,18 @@ def test_only_the_chosen_maps_controls_show(browser_context: Any, app_url: str) 
     before = wait_for_new_image(page, "#overlay", None)
     page.get_by_text("Map settings").click()
     rollout, raw = page.locator("#rollout-controls"), page.locator("#raw-controls")
-    expect(rollout).to_be_visible()
+    expect(rollout).to_be_hidden()  # contribution rollout, the default, has no controls
     expect(raw).to_be_hidden()
+    page.get_by_label("Attention rollout").check()
+    expect(rollout).to_be_visible(timeout=30_000)
+    expect(page.locator("#map-note")).to_contain_text("Abnar")
+    attention_map = wait_for_new_image(page, "#overlay", before)
+    assert attention_map != before  # redrawn from the stored attention
     page.get_by_label("One layer's attention").check()
     expect(raw).to_be_visible(timeout=30_000)
     expect(rollout).to_be_hidden()
     expect(page.locator("#map-note")).to_contain_text("One layer's attention")
-    assert wait_for_new_image(page, "#overlay", before) != before  # redrawn from the stored attention
+    assert wait_for_new_image(page, "#overlay", attention_map) != attention_map
     page.close()
 
 

@@ -19,12 +19,13 @@ from demo.views import (
     UploadError,
     ViewSettings,
     analyze,
+    default_view,
     open_upload,
     relevance,
     render,
     render_class_map,
 )
-from vit.rollout import attention_rollout, raw_attention
+from vit.rollout import attention_rollout, contribution_rollout, raw_attention
 
 
 def test_views_redraw_from_stored_attention(demo_model: dict[str, Path]) -> None:
@@ -137,3 +138,33 @@ def test_class_map_drawn_red_for_and_blue_against(demo_model: dict[str, Path]) -
     top_left, bottom_right, middle = drawn[h // 16, w // 16], drawn[-h // 16, -w // 16], drawn[h // 2, w // 2]
     assert top_left[0] > top_left[2] + 60 and bottom_right[2] > bottom_right[0] + 60
     assert (np.abs(middle - 128) <= 2).all()
+
+
+def test_contribution_rollout_view_is_the_default_and_the_same_from_onnx_and_pytorch(
+        demo_model: dict[str, Path]) -> None:
+    """Files exported with attention carry the blocks' contributions: the page opens on
+    contribution rollout, drawn from the stored outputs, and the checkpoint draws the same map."""
+    from demo.backend import TorchBackend
+    from demo.look import map_note, view_choices
+
+    backend, torch_backend = OnnxBackend(demo_model["onnx"]), TorchBackend(demo_model["checkpoint"])
+    card = backend.card
+    assert card.has_contributions and torch_backend.card.has_contributions
+    assert default_view(card) == VIEWS[2] and [v for _, v in view_choices(card)] == [VIEWS[2], *VIEWS[:2]]
+    assert "Contribution rollout" in map_note(card, VIEWS[2]) and "ALTI" in map_note(card, VIEWS[2])
+    image = open_upload(str(example_images()[0]))
+    session, torch_session = analyze(backend, image), analyze(torch_backend, image)
+    analysis = session.analysis
+    assert analysis.contributions.shape == (card.depth, *analysis.attention.shape[-2:])  # (L, N, N)
+    settings = ViewSettings(view=VIEWS[2])
+    got = relevance(card, session, settings)
+    layout = dict(num_prefix_tokens=card.num_prefix_tokens, grid=card.grid, pool=card.pool)
+    np.testing.assert_allclose(got, contribution_rollout(analysis.contributions[None], None, **layout)[0])
+    assert not np.allclose(got, relevance(card, session, ViewSettings()))  # not attention rollout
+    from_torch = relevance(torch_backend.card, torch_session, settings)
+    np.testing.assert_allclose(from_torch, got, rtol=1e-3, atol=1e-4)
+    # a file without contributions (exported before December 2026): attention rollout, and no such choice
+    old = replace(card, has_contributions=False)
+    legacy = Session(session.photo, session.box, replace(analysis, contributions=None))
+    np.testing.assert_array_equal(relevance(old, legacy, settings), relevance(old, legacy, ViewSettings()))
+    assert default_view(old) == VIEWS[0] and VIEWS[2] not in [v for _, v in view_choices(old)]
