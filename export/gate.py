@@ -8,7 +8,8 @@ verifies against PyTorch). A combination passes when, on those images,
 - accuracy (labels from folder names that are the model's classes) moves by <= 0.2 points (or
   one image, where fewer than 500 are labelled: the finest change they can show),
 - for files with an ``attention`` output: no attention weight moves by more than 0.15 and
-  the rollout maps the demo draws stay within 5% of their peak value
+  the rollout maps the demo draws (attention rollout, and contribution rollout where the
+  file has ``contributions``) stay within 5% of their peak value
   (:class:`GateTolerance`; bf16 keeps 8 bits of mantissa, so where attention is sharp a
   single softmax weight moves by up to ~0.1 while the rollout moves ~2%); with a
   ``token_logits`` output (class maps from the file) those move by at most 5% of their
@@ -44,7 +45,7 @@ import numpy as np
 from vit.command import file_mode, parser
 from vit.image_folder import labeled_images
 from vit.preprocess import Preprocess, preprocess_image
-from vit.rollout import attention_rollout
+from vit.rollout import attention_rollout, contribution_rollout
 
 from .backends import OpenVinoRunner, OrtRunner, availability, choose, openvino_device_name, verdicts
 from .images import ImageLoadError, load_image
@@ -147,15 +148,16 @@ class _Tally:
         self.shares_diff: float | None = None
         self.shares_peak = 0.0
 
-    def add(self, got: dict[str, np.ndarray], want: dict[str, np.ndarray], rollout: Any) -> None:
+    def add(self, got: dict[str, np.ndarray], want: dict[str, np.ndarray], rollouts: Any) -> None:
+        """``rollouts``: outputs -> the rollout maps (B, Gh, Gw) the demo draws from them."""
         self.logit_diff = max(self.logit_diff, float(np.abs(got["logits"] - want["logits"]).max()))
         self.top1.append(got["logits"].argmax(1))
         if "attention" in want:
             diff = float(np.abs(got["attention"] - want["attention"]).max())
             self.attention_diff = max(self.attention_diff or 0.0, diff)
-            ours, theirs = rollout(got["attention"]), rollout(want["attention"])  # (B, Gh, Gw)
-            self.rollout_diff = max(self.rollout_diff, float(np.abs(ours - theirs).max()))
-            self.rollout_peak = max(self.rollout_peak, float(np.abs(theirs).max()))
+            for ours, theirs in zip(rollouts(got), rollouts(want), strict=True):  # (B, Gh, Gw) each
+                self.rollout_diff = max(self.rollout_diff, float(np.abs(ours - theirs).max()))
+                self.rollout_peak = max(self.rollout_peak, float(np.abs(theirs).max()))
         if "token_logits" in want:  # (B, Gh*Gw, K)
             diff = float(np.abs(got["token_logits"] - want["token_logits"]).max())
             self.shares_diff = max(self.shares_diff or 0.0, diff)
@@ -184,7 +186,14 @@ def run_gate(path: str | Path, inputs: np.ndarray, labels: np.ndarray | None = N
             unloadable.append(GateResult(backend, precision, 0, 0.0, None, failures=[str(exc)]))
     pool = meta.config.get("global_pool", "token")
     grid = (int(meta.grid_size[0]), int(meta.grid_size[1]))
-    rollout = lambda w: attention_rollout(w, num_prefix_tokens=meta.num_prefix_tokens, grid=grid, pool=pool)
+    layout = dict(num_prefix_tokens=meta.num_prefix_tokens, grid=grid, pool=pool)
+
+    def rollouts(out: dict[str, np.ndarray]) -> list[np.ndarray]:
+        maps = [attention_rollout(out["attention"], **layout)]
+        if "contributions" in out:
+            maps.append(contribution_rollout(out["contributions"], out.get("token_logits"), **layout))
+        return maps
+
     tallies = {combo: _Tally() for combo in runners}
     reference_top1 = []
     start, i = 0, 0
@@ -193,7 +202,7 @@ def run_gate(path: str | Path, inputs: np.ndarray, labels: np.ndarray | None = N
         want = reference.run(x, outputs)
         reference_top1.append(want["logits"].argmax(1))
         for combo, runner in runners.items():
-            tallies[combo].add(runner.run(x, outputs), want, rollout)
+            tallies[combo].add(runner.run(x, outputs), want, rollouts)
         start, i = start + len(x), i + 1
     ref_top1 = np.concatenate(reference_top1)
     known = labels >= 0 if labels is not None else np.zeros(len(inputs), bool)
