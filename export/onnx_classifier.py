@@ -32,7 +32,7 @@ from PIL import Image
 
 from vit.occlusion import occluded, occlusion_map
 from vit.preprocess import Preprocess, normalize, resize_and_crop, to_rgb
-from vit.rollout import class_rollout
+from vit.rollout import attention_rollout, class_rollout, contribution_rollout
 
 from .backends import Runner, open_backend
 from .images import ImageLoadError, Missing, find_images, load_image
@@ -319,6 +319,29 @@ class OnnxClassifier:
         logits = self.predict_batch(pixels[None], ["logits"])["logits"][0]  # (K,)
         copies = occluded(pixels.astype(np.float32, copy=False), grid)  # (W, 3, H, W), W windows
         return occlusion_map(logits, self.predict_batch(copies, ["logits"])["logits"], class_index, grid)
+
+    @property
+    def rollout_method(self) -> str | None:
+        """What :meth:`rollout` computes for this file: ``"contribution"`` (files with the
+        ``contributions`` output), ``"attention"`` (older files with attention), or None."""
+        if "contributions" in self.info.outputs:
+            return "contribution"
+        return "attention" if self.info.has_attention else None
+
+    def rollout(self, pixels: np.ndarray) -> np.ndarray:
+        """The class-agnostic map of preprocessed images (B, 3, H, W) -> (B, Gh, Gw):
+        contribution rollout where the file has the blocks' contributions, else attention
+        rollout (:mod:`vit.rollout`), read as the model reads its tokens."""
+        method = self.rollout_method
+        if method is None:
+            raise ValueError(f"{self.path} has no attention output (export it with vit-export --attention)")
+        layout = dict(num_prefix_tokens=self.info.num_prefix_tokens, grid=self.info.grid,
+                      pool=self.info.config.get("global_pool", "token"))
+        if method == "attention":
+            return attention_rollout(self.predict_batch(pixels, ["attention"])["attention"], **layout)
+        names = ["contributions"] + (["token_logits"] if "token_logits" in self.info.outputs else [])
+        out = self.predict_batch(pixels, names)
+        return contribution_rollout(out["contributions"], out.get("token_logits"), **layout)
 
     def decode(self, outputs: dict[str, np.ndarray], top_k: int = 5) -> list[Prediction]:
         """Model outputs of a batch -> one :class:`Prediction` per row."""

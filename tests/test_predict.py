@@ -202,3 +202,38 @@ def test_backend_and_precision_choose_the_runtime(tiny_onnx: Path, tiny_data: Pa
                          image]) == 2
     assert capsys.readouterr().err.startswith(f"vit-predict: {tiny_onnx}: precision bf16 is not available "
                                               "on onnxruntime on this machine (available: ")
+
+
+def test_explain_adds_the_class_map_and_the_rollout(tiny_onnx_attention: Path, tiny_onnx: Path,
+                                                    tiny_data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    import numpy as np
+
+    from export.onnx_classifier import OnnxClassifier
+
+    clf = OnnxClassifier(tiny_onnx_attention)
+    image = sorted((tiny_data / "square").glob("*.png"))[0]
+    out = tmp_path / "explained.jsonl"
+    assert predict.main(["--model", str(tiny_onnx_attention), str(image), "--explain", "-o", str(out)]) == 0
+    [record] = [json.loads(line) for line in out.read_text().splitlines()]
+    top = record["predictions"][0]["label"]
+    pixels = clf.preprocess(image)
+    assert record["class_map"]["label"] == top and record["class_map"]["method"] == "occlusion"
+    want = clf.class_map(pixels[0], clf.info.class_names.index(top))
+    np.testing.assert_allclose(record["class_map"]["values"], want, atol=1e-4)
+    assert record["rollout"]["method"] == "contribution" and clf.rollout_method == "contribution"
+    np.testing.assert_allclose(record["rollout"]["values"], clf.rollout(pixels)[0], atol=1e-4)
+    assert np.asarray(record["rollout"]["values"]).shape == clf.info.grid
+    assert predict.main(["--model", str(tiny_onnx_attention), str(image), "--explain", "circle"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["class_map"]["label"] == "circle"
+    # a file without attention still has its class map, and no rollout
+    assert predict.main(["--model", str(tiny_onnx), str(image), "--explain"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert "class_map" in record and "rollout" not in record
+    plain = ["--model", str(tiny_onnx), str(image), "--explain"]
+    assert predict.main([*plain, "dog"]) == 2
+    wrong = "--explain: 'dog' is not one of model.onnx's classes: circle, square, stripes"
+    assert wrong in capsys.readouterr().err
+    assert predict.main([*plain, "-o", str(tmp_path / "x.csv")]) == 2
+    assert "write .jsonl instead" in capsys.readouterr().err and not (tmp_path / "x.csv").exists()
