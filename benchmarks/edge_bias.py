@@ -2,10 +2,11 @@
 model's wiring rather than the image (#19: rollout's bottom-edge hot spot).
 
 For each checkpoint: the attention each patch receives in the first and the last layer
-(mean over images, heads and queries), the mean rollout map and what each patch actually
-does to the answer (occlusion: the mean |drop| of the predicted class's logit when the patch
-alone is blanked), each scaled so that a uniform map is 1, summarized by its top/bottom rows,
-left/right columns and centre; then the same after interventions that separate the suspects:
+(mean over images, heads and queries), the mean rollout and contribution rollout ("contrib.")
+maps and what each patch actually does to the answer (occlusion: the mean |drop| of the
+predicted class's logit when the patch alone is blanked), each scaled so that a uniform map
+is 1, summarized by its top/bottom rows, left/right columns and centre; then the same after
+interventions that separate the suspects:
 
     images flipped     upside down / left-right: a bias that stays put is not in the images
     pos 180            position embeddings rotated by 180 degrees: a bias that follows them
@@ -35,8 +36,8 @@ from faithfulness import preprocess_image_file, sample_images  # noqa: E402
 
 from vit.checkpoint import load_vit  # noqa: E402
 from vit.preprocess import Preprocess  # noqa: E402
-from vit.relevance import occlusion_relevance  # noqa: E402
-from vit.rollout import attention_rollout  # noqa: E402
+from vit.relevance import forward_with_contributions, occlusion_relevance, token_logits  # noqa: E402
+from vit.rollout import attention_rollout, contribution_rollout  # noqa: E402
 from vit.vit import ViT  # noqa: E402
 
 
@@ -49,15 +50,20 @@ def profile(grid_map: np.ndarray) -> dict[str, float]:
 
 
 def attention_profiles(model: ViT, x: torch.Tensor, occlusion: bool = True) -> dict[str, dict[str, float]]:
-    """Received attention in layer 0 and the last layer, the mean rollout map and (with
-    ``occlusion``) the mean |occlusion| map of the predicted class."""
-    p, grid = model.num_prefix_tokens, model.grid_size
+    """Received attention in layer 0 and the last layer, the mean rollout and contribution
+    rollout maps and (with ``occlusion``) the mean |occlusion| map of the predicted class."""
+    p, grid, pool = model.num_prefix_tokens, model.grid_size, model.config.global_pool
     with torch.inference_mode():
-        logits, weights = model(x, return_attention=True)
+        tokens, weights, contributions = forward_with_contributions(model, x)
+        logits = model.forward_head(tokens)
+        shares = token_logits(model, tokens).numpy() if pool == "avg" else None
     w = torch.stack(weights, dim=1).numpy()  # (B, L, H, N, N)
     received = lambda layer: w[:, layer, :, p:, p:].mean(axis=(0, 1, 2)).reshape(grid)  # (Gh, Gw)
-    rollout = attention_rollout(w, num_prefix_tokens=p, grid=grid, pool=model.config.global_pool).mean(0)
-    maps = {"layer 0": profile(received(0)), "last layer": profile(received(-1)), "rollout": profile(rollout)}
+    rollout = attention_rollout(w, num_prefix_tokens=p, grid=grid, pool=pool).mean(0)
+    contribution = contribution_rollout(contributions.numpy(), shares, num_prefix_tokens=p, grid=grid,
+                                        pool=pool).mean(0)
+    maps = {"layer 0": profile(received(0)), "last layer": profile(received(-1)), "rollout": profile(rollout),
+            "contrib.": profile(contribution)}
     if occlusion:
         one_patch = occlusion_relevance(model, x, logits.argmax(1).tolist(), sizes=(1,))  # (B, Gh, Gw)
         effect = np.abs(one_patch).mean(0)  # (Gh, Gw)

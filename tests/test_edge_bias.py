@@ -44,7 +44,7 @@ def test_occlusion_finds_the_row_the_answer_uses(tmp_path: Path, capsys: pytest.
     model = train_one_patch_vit(class_token=True)
     x, y = bottom_row_images(24, np.random.default_rng(3))
     maps = bench.attention_profiles(model, torch.from_numpy(x))
-    assert set(maps) == {"layer 0", "last layer", "rollout", "occlusion"}
+    assert set(maps) == {"layer 0", "last layer", "rollout", "contrib.", "occlusion"}
     assert maps["occlusion"]["bottom"] > 3 * maps["occlusion"]["top"]
     flipped = bench.attention_profiles(model, torch.from_numpy(x).flip(2), occlusion=True)
     assert flipped["occlusion"]["top"] > 3 * flipped["occlusion"]["bottom"]
