@@ -32,23 +32,30 @@ BATCH_SIZES = (1, 3, 64)  # cycled through when running the ONNX file
 class Tolerance:
     """Pass criteria. Logits: max |onnx - torch| <= atol + rtol * max |torch|. Top-1: the
     fraction of images whose arg-max agrees. Attention: max abs difference of the weights;
-    rollout: max abs difference of the rollout maps relative to their largest value."""
+    rollout: max abs difference of the rollout maps relative to their largest value;
+    contributions: max abs difference of the blocks' contributions, which come from
+    differences of vector norms and so carry about ten times the weights' rounding (1.4e-4
+    on a small test model in float32, where its attention moved by 2e-6)."""
 
     atol: float
     rtol: float
     min_top1_agreement: float
     attention_atol: float
     rollout_rtol: float
+    contributions_atol: float
 
 
 TOLERANCES = {
-    "fp32": Tolerance(atol=1e-4, rtol=0.0, min_top1_agreement=1.0, attention_atol=1e-4, rollout_rtol=1e-4),
+    "fp32": Tolerance(atol=1e-4, rtol=0.0, min_top1_agreement=1.0, attention_atol=1e-4, rollout_rtol=1e-4,
+                      contributions_atol=1e-3),
     # float16 keeps ~3 significant digits per op; near-ties may flip.
-    "fp16": Tolerance(atol=2e-2, rtol=2e-2, min_top1_agreement=0.99, attention_atol=1e-2, rollout_rtol=1e-2),
+    "fp16": Tolerance(atol=2e-2, rtol=2e-2, min_top1_agreement=0.99, attention_atol=1e-2, rollout_rtol=1e-2,
+                      contributions_atol=5e-2),
     # dynamic int8 quantizes every matmul input per tensor: single attention weights move by up
     # to ~0.1 where attention is sharp (measured 0.11 on a CIFAR model), while the rollout maps,
     # which the demo draws, stay within ~1%.
-    "int8": Tolerance(atol=0.1, rtol=0.1, min_top1_agreement=0.97, attention_atol=0.25, rollout_rtol=5e-2),
+    "int8": Tolerance(atol=0.1, rtol=0.1, min_top1_agreement=0.97, attention_atol=0.25, rollout_rtol=5e-2,
+                      contributions_atol=0.25),
 }
 
 
@@ -172,7 +179,7 @@ def check_parity(path: str | Path, ref: Reference, *, variant: str, tolerance: T
     if ref.contributions is not None and "contributions" in got:  # files before December 2026 lack it
         report.contributions_diff = float(np.abs(got["contributions"] - ref.contributions).max())
         report.failures += over_limits([("contributions difference", report.contributions_diff,
-                                         tolerance.attention_atol)])
+                                         tolerance.contributions_atol)])
     if ref.labels is not None and (ref.labels >= 0).any():
         known = ref.labels >= 0
         report.accuracy = float((logits.argmax(1) == ref.labels)[known].mean())

@@ -26,7 +26,8 @@ def test_failed_verification_writes_nothing(tmp_path: Path, tiny_checkpoint: Pat
                                             capsys: pytest.CaptureFixture) -> None:
     target = tmp_path / "model.onnx"
     target.write_bytes(b"previous model")
-    impossible = Tolerance(atol=-1.0, rtol=0.0, min_top1_agreement=1.0, attention_atol=0.0, rollout_rtol=0.0)
+    impossible = Tolerance(atol=-1.0, rtol=0.0, min_top1_agreement=1.0, attention_atol=0.0, rollout_rtol=0.0,
+                           contributions_atol=0.0)
     monkeypatch.setitem(vit_export.TOLERANCES, "fp32", impossible)
     assert cli.main([str(tiny_checkpoint), "-o", str(target), "--quantize", "int8"]) == 1
     assert "FAILED: max logit difference" in capsys.readouterr().out
