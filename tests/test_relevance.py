@@ -120,7 +120,7 @@ def _contributions_by_pairs(model: ViT, images: Tensor) -> Tensor:
             for j in range(n):
                 t = sum(w[:, hh, i, j, None] * (v[:, j, hh] @ wo[:, hh].T) for hh in range(heads))
                 t = block.ls1(t) + (x[:, i] if i == j else 0.0)  # (B, D): T_i(x_j)
-                c[:, i, j] = (y[:, i].norm(dim=-1) - (y[:, i] - t).norm(dim=-1)).clamp(min=0)
+                c[:, i, j] = (y[:, i].norm(p=1, dim=-1) - (y[:, i] - t).norm(p=1, dim=-1)).clamp(min=0)
         layers.append(c / c.sum(-1, keepdim=True))
         x = block(x).x
     return torch.stack(layers, dim=1)
