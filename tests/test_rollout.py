@@ -162,6 +162,7 @@ def test_normalize_maps() -> None:
     ({"grid": (2, 2)}, "does not match"),
     ({"num_prefix_tokens": 0, "pool": "token", "grid": (2, 5)}, "class token"),
     ({"num_prefix_tokens": 2}, "square"),
+    ({"num_prefix_tokens": 6}, "pass pool"),  # registers: the readout must be named
 ])
 def test_bad_arguments_say_what_is_wrong(kwargs: dict, message: str) -> None:
     w = random_attention(np.random.default_rng(6), 1, 2, 2, 10)

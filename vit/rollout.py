@@ -67,7 +67,10 @@ def _check_layout(num_tokens: int, num_prefix_tokens: int, grid: tuple[int, int]
             f"grid {grid} plus {num_prefix_tokens} prefix tokens does not match the "
             f"{num_tokens} tokens of the attention weights"
         )
-    pool = pool or ("token" if num_prefix_tokens > 0 else "avg")
+    if pool is None and num_prefix_tokens > 1:
+        raise ValueError(f"{num_prefix_tokens} prefix tokens (a class token and registers, or registers "
+                         "alone) do not say how the model reads its output: pass pool='token' or 'avg'")
+    pool = pool or ("token" if num_prefix_tokens == 1 else "avg")
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
     if pool == "token" and num_prefix_tokens == 0:
@@ -152,7 +155,8 @@ def attention_rollout(
     """Attention rollout of ``weights`` (B, L, H, N, N) -> relevance (B, Gh, Gw) of each patch.
 
     ``pool`` is how the model reads its output: "token" (the class token; the default when
-    there is a prefix token) or "avg" (mean of patch tokens; the default without one).
+    there is one prefix token) or "avg" (mean of patch tokens; the default without one);
+    required with several prefix tokens (registers), which say nothing of the readout.
     ``grid`` defaults to a square grid. Values are raw relevances (not rescaled).
     """
     w = stack_layers(weights)
