@@ -50,7 +50,10 @@ def test_validate_and_predict_load_the_checkpoint(smoke_run: Path, monkeypatch: 
 
 def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path: Path) -> None:
     folder = make_image_folder(tmp_path / "images")
-    epochs = ["--trainer.max_epochs", "8"]
+    # the recipe's weight averaging too: its average and the raw weights must both continue
+    epochs = ["--trainer.max_epochs", "8",
+              "--trainer.callbacks+=lightning.pytorch.callbacks.EMAWeightAveraging",
+              "--trainer.callbacks.decay", "0.9"]
     killed_dir, whole_dir = tmp_path / "killed", tmp_path / "whole"
     killed_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -82,9 +85,12 @@ def test_resume_after_sigkill_ends_with_the_same_weights(tmp_path: Path) -> None
                        weights_only=True)
     assert resumed["global_step"] == whole["global_step"] == 8 * 3
     assert resumed["epoch"] == whole["epoch"]
-    # schedule, optimizer, data order and augmentation continued exactly: the same weights
-    for key, value in whole["state_dict"].items():
-        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    # schedule, optimizer, data order, augmentation (MixUp/CutMix, erasing, TrivialAugment: the
+    # smoke config keeps the recipe's defaults) and the EMA continued exactly: the same weights
+    assert set(whole["current_model_state"]) == set(whole["state_dict"])  # raw and EMA weights
+    for part in ("state_dict", "current_model_state"):
+        for key, value in whole[part].items():
+            torch.testing.assert_close(resumed[part][key], value, rtol=0, atol=0, msg=f"{part}: {key}")
     # and one metrics.csv holds both sittings (Lightning's own CSVLogger deleted the first)
     def validated(run: Path) -> list[int]:
         with open(run / "metrics.csv", newline="") as file:
