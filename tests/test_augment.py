@@ -53,6 +53,20 @@ def test_mixing_gives_soft_targets_that_sum_to_one() -> None:
     torch.testing.assert_close(targets.sum(1), torch.ones(16))
 
 
+def test_mixing_stops_at_mix_off_epoch() -> None:
+    augment = BatchAugment(Augment(erasing=0.0, mix_off_epoch=3), num_classes=5)
+    x, labels = torch.randn(16, 3, 8, 8), torch.randint(0, 5, (16,))
+    hard = torch.nn.functional.one_hot(labels, 5).float()
+    torch.manual_seed(0)
+    before = [augment.mix(x, labels, epoch=2) for _ in range(4)]
+    assert all(not torch.equal(images, x) and not torch.equal(targets, hard) for images, targets in before)
+    for epoch in (3, 7):
+        images, targets = augment.mix(x, labels, epoch=epoch)
+        assert torch.equal(images, x) and torch.equal(targets, hard)
+    with pytest.raises(ValueError, match="augment.mix_off_epoch"):
+        Augment(mix_off_epoch=-1)
+
+
 def test_normalize_equals_preprocess_image() -> None:
     spec = Preprocess(crop_size=8, resize_size=8)
     pixels = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)

@@ -80,6 +80,23 @@ def test_training_batches_without_augmentation_are_eval_images(image_folder: Pat
     assert torch.equal(targets, torch.nn.functional.one_hot(labels, 3).float())
 
 
+def test_mixing_follows_the_trainers_epoch(image_folder: Path, tmp_path: Path) -> None:
+    import lightning as L
+
+    dm = ImageFolderData(root=str(image_folder), mode="cache", cache_dir=str(tmp_path / "cache"),
+                         num_workers=0, batch_size=8, augment=Augment(erasing=0.0, mix_off_epoch=2))
+    dm.setup("fit")
+    dm.trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False)
+    dm.trainer.training = True
+    images, labels = next(iter(dm.train_dataloader()))
+    hard = torch.nn.functional.one_hot(labels, 3).float()
+    for epoch, mixed in ((0, True), (1, True), (2, False), (5, False)):
+        dm.trainer.fit_loop.epoch_progress.current.completed = epoch
+        torch.manual_seed(0)
+        _, y, targets = dm.on_after_batch_transfer((images, labels), 0)
+        assert torch.equal(y, labels) and torch.equal(targets, hard) != mixed, epoch
+
+
 def test_separate_validation_folder_must_have_the_same_classes(image_folder: Path, tmp_path: Path) -> None:
     val = make_image_folder(tmp_path / "val", per_class=2, seed=3)
     dm = data(image_folder, tmp_path, "cache", val_root=str(val))

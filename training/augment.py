@@ -40,6 +40,9 @@ class Augment:
     mixup_alpha: float = 0.8  # 0 = no MixUp
     cutmix_alpha: float = 1.0  # 0 = no CutMix
     mix_prob: float = 1.0  # probability that a batch is mixed (MixUp or CutMix, half each)
+    # no MixUp/CutMix from this epoch on (timm's mixup_off_epoch): the last epochs fit whole
+    # images and hard labels; None = mix to the end
+    mix_off_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.auto_augment not in AUTO_AUGMENT:
@@ -52,6 +55,8 @@ class Augment:
                 raise ValueError(f"augment.{name} must be >= 0, got {getattr(self, name)}")
         if self.group_size < 1:
             raise ValueError(f"augment.group_size must be >= 1, got {self.group_size}")
+        if self.mix_off_epoch is not None and self.mix_off_epoch < 0:
+            raise ValueError(f"augment.mix_off_epoch must be >= 0 or null, got {self.mix_off_epoch}")
 
     @classmethod
     def off(cls) -> Augment:
@@ -165,9 +170,11 @@ class BatchAugment:
             images = torch.cat([self.policy(group) for group in images.split(a.group_size)])
         return images
 
-    def mix(self, x: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    def mix(self, x: Tensor, labels: Tensor, epoch: int = 0) -> tuple[Tensor, Tensor]:
+        """``epoch``: the training epoch (0-based), for ``mix_off_epoch``."""
         if self.augment.erasing:
             x = random_erasing(x, self.augment.erasing)
-        if self.mixer is not None and torch.rand(()) < self.augment.mix_prob:
+        off = self.augment.mix_off_epoch is not None and epoch >= self.augment.mix_off_epoch
+        if self.mixer is not None and not off and torch.rand(()) < self.augment.mix_prob:
             return self.mixer(x, labels)
         return x, torch.nn.functional.one_hot(labels, self.num_classes).to(x.dtype)

@@ -298,5 +298,6 @@ class ImageFolderData(L.LightningDataModule):
         assert self._batch_augment is not None
         if self.mode == "cache":
             images = self._batch_augment.geometric(images)
-        x, targets = self._batch_augment.mix(self.normalize(images), labels)
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        x, targets = self._batch_augment.mix(self.normalize(images), labels, epoch)
         return x, labels, targets
