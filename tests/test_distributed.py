@@ -120,7 +120,7 @@ def test_killed_ddp_fit_resumes_at_the_same_step(tmp_path: Path) -> None:
     assert not (tmp_path / "runs" / "version_1").exists()  # the resumed run went on in its own folder
 
 
-@pytest.mark.parametrize("config", ["cifar10", "multi30k", "smoke"])
+@pytest.mark.parametrize("config", sorted(p.stem for p in (REPO / "training" / "configs").glob("*.yaml")))
 def test_every_config_puts_its_run_under_default_root_dir(config: str, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from training.train import TrainCLI
