@@ -15,9 +15,11 @@ the demo offers and the reference every map must beat:
                      tokens weighed by how much they move the logits (files exported with
                      the contributions output, and checkpoints)
     raw-last-layer   the last layer's attention to the patches, mean over heads
+    rise             the true class's mean logit with each patch shown minus blanked, over
+                     --num-masks copies with half of the patches blanked at random
+                     (vit/rise.py), the demo's class-specific map (ONNX and PyTorch alike)
     occlusion        the true class's logit drop when each patch, alone and in 2x2 windows,
-                     is blanked (vit/occlusion.py), the demo's class-specific map (ONNX and
-                     PyTorch alike)
+                     is blanked (vit/occlusion.py)
     class-rollout    each final token's share of the true class's logit, carried back along
                      rollout (files and checkpoints of average-pooling models)
     gradient         gradient-weighted rollout for the true class (checkpoints only)
@@ -51,10 +53,11 @@ from export.backends import add_runtime_arguments  # noqa: E402
 from vit.image_folder import scan_folder, split_indices  # noqa: E402
 from vit.occlusion import occluded, occlusion_map  # noqa: E402
 from vit.preprocess import Preprocess, preprocess_image  # noqa: E402
+from vit.rise import NUM_MASKS, random_masked, rise_map  # noqa: E402
 from vit.rollout import attention_rollout, class_rollout, contribution_rollout, raw_attention  # noqa: E402
 
-METHODS = ("rollout", "contribution-rollout", "raw-last-layer", "occlusion", "class-rollout", "gradient",
-           "random")
+METHODS = ("rollout", "contribution-rollout", "raw-last-layer", "rise", "occlusion", "class-rollout",
+           "gradient", "random")
 Logits = Callable[[np.ndarray], np.ndarray]  # (B, 3, H, W) float32 -> (B, K)
 
 
@@ -120,7 +123,7 @@ class Subject:
     def methods(self) -> list[str]:
         have = [m for m in METHODS if m not in ("class-rollout", "gradient")]
         if {"attention", "token_logits"} <= self.outputs:
-            have.insert(3, "class-rollout")
+            have.insert(have.index("occlusion") + 1, "class-rollout")
         if self.gradient is not None:
             have.insert(-1, "gradient")
         if "attention" not in self.outputs:
@@ -130,7 +133,7 @@ class Subject:
         return have
 
     def maps(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, *, head_fusion: str,
-             discard_ratio: float) -> dict[str, np.ndarray]:
+             discard_ratio: float, num_masks: int = NUM_MASKS) -> dict[str, np.ndarray]:
         """Every method's map for a batch, for the true classes ``y``: name -> (B, Gh, Gw)."""
         names = ["logits"] + [n for n in ("attention", "token_logits", "contributions") if n in self.outputs]
         out = self._run(x, names)
@@ -150,6 +153,9 @@ class Subject:
         blanked = self.logits(copies).reshape(len(x), -1, out["logits"].shape[1])  # (B, W, K), W windows
         maps["occlusion"] = np.stack([occlusion_map(out["logits"][i], blanked[i], int(y[i]), self.grid)
                                       for i in range(len(x))])
+        copies = np.concatenate([random_masked(image, self.grid, num_masks) for image in x])  # (B*M, 3, H, W)
+        masked = self.logits(copies).reshape(len(x), num_masks, -1)  # (B, M, K)
+        maps["rise"] = np.stack([rise_map(masked[i], int(y[i]), self.grid) for i in range(len(x))])
         if self.gradient is not None:
             maps["gradient"] = self.gradient(x, y)
         maps["random"] = rng.random((len(x), *self.grid))
@@ -217,7 +223,7 @@ def _summary(auc: np.ndarray) -> dict[str, float]:
 
 def run(subject: Subject, data: Path, *, num_images: int, steps: int, baseline: str, head_fusion: str,
         discard_ratio: float, batch_images: int, seed: int, split: str, val_fraction: float,
-        split_seed: int) -> dict:
+        split_seed: int, num_masks: int = NUM_MASKS) -> dict:
     items = sample_images(data, subject.class_names, num_images, seed, split=split,
                           val_fraction=val_fraction, split_seed=split_seed)
     rng = np.random.default_rng(seed)
@@ -232,7 +238,8 @@ def run(subject: Subject, data: Path, *, num_images: int, steps: int, baseline: 
         y = np.array([label for _, label in part])
         labels.append(y)
         correct += int((subject.logits(x).argmax(1) == y).sum())
-        maps = subject.maps(x, y, rng, head_fusion=head_fusion, discard_ratio=discard_ratio)
+        maps = subject.maps(x, y, rng, head_fusion=head_fusion, discard_ratio=discard_ratio,
+                            num_masks=num_masks)
         for m in methods:
             dele[m].append(curves(subject, x, y, maps[m], steps=steps, baseline=baseline, insertion=False))
             ins[m].append(curves(subject, x, y, maps[m], steps=steps, baseline=baseline, insertion=True))
@@ -240,6 +247,7 @@ def run(subject: Subject, data: Path, *, num_images: int, steps: int, baseline: 
     results = {"model": str(subject.path), "runtime": subject.runtime, "data": str(data), "split": split,
                "num_images": len(items), "steps": steps, "baseline": baseline,
                "rollout": {"head_fusion": head_fusion, "discard_ratio": discard_ratio},
+               "num_masks": num_masks,
                "accuracy": correct / len(items), "seconds": round(time.perf_counter() - start, 1),
                "methods": {}, "per_class": {}}
     for m in methods:
@@ -300,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="what a blanked patch becomes: 0 after normalization, or the image's mean colour")
     p.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean")
     p.add_argument("--discard-ratio", type=float, default=0.0)
+    p.add_argument("--num-masks", type=int, default=NUM_MASKS,
+                   help=f"copies per image for rise (default {NUM_MASKS})")
     add_runtime_arguments(p.add_argument_group("for --model (as vit-predict's)"))
     p.add_argument("--batch-images", type=int, default=16, help="images per step of the test")
     p.add_argument("--seed", type=int, default=0)
@@ -307,11 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.steps < 1 or args.num_images < 1 or args.batch_images < 1:
         p.error("--steps, --num-images and --batch-images must be positive")
+    if args.num_masks < 2 or args.num_masks % 2:
+        p.error(f"--num-masks: expected an even number >= 2, got {args.num_masks}")
     subject = Subject(args.model or args.checkpoint, args.backend, args.precision, args.provider)
     results = run(subject, args.data, num_images=args.num_images, steps=args.steps, baseline=args.baseline,
                   head_fusion=args.head_fusion, discard_ratio=args.discard_ratio,
                   batch_images=args.batch_images, seed=args.seed, split=args.split,
-                  val_fraction=args.val_fraction, split_seed=args.split_seed)
+                  val_fraction=args.val_fraction, split_seed=args.split_seed, num_masks=args.num_masks)
     print(report(results))
     if args.output:
         tmp = args.output.with_name(args.output.name + ".tmp")

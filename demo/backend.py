@@ -1,6 +1,6 @@
 """What the demo serves from: an exported ONNX file (the default, torch-free) or a PyTorch
-checkpoint (``.ckpt``/``.safetensors``); both give the same class-specific maps (occlusion,
-:mod:`vit.occlusion`).
+checkpoint (``.ckpt``/``.safetensors``); both give the same class-specific maps (random
+masks, :mod:`vit.rise`).
 
 Both give the same :class:`ModelCard` and :class:`Analysis`; only
 :class:`TorchBackend` imports torch, and only when it is built.
@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from vit.preprocess import Preprocess, preprocess_image
+from vit.rise import NUM_MASKS
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors")
 
@@ -81,21 +82,38 @@ def _describe_source(source: Any) -> str:
 
 
 # the class-specific map of both model types: the most faithful in benchmarks/faithfulness.py
-OCCLUSION = ("how much the class's score falls when the patch, alone and with its neighbours, is blanked "
-             "to the average colour (occlusion, measured on the model itself)")
+RISE = (f"how much higher the class's score is, on average, when the patch is shown than when it is "
+        f"blanked to the average colour, over {NUM_MASKS} copies of the image with half of the patches "
+        "blanked at random (RISE, measured on the model itself)")
+
+
+class LastImage:
+    """Every class's map of the last image explained: one batch of random-mask runs gives
+    them all, so picking another class for the same image costs no model run."""
+
+    def __init__(self) -> None:
+        self.key: bytes | None = None
+        self.maps: np.ndarray | None = None  # (K, Gh, Gw)
+
+    def get(self, pixels: np.ndarray, class_index: int, compute: Any) -> np.ndarray:
+        key = np.ascontiguousarray(pixels, np.float32).tobytes()
+        if key != self.key or self.maps is None:
+            self.maps, self.key = compute(), key  # (K, Gh, Gw)
+        return self.maps[class_index]
 
 
 class OnnxBackend:
     """Serves an ONNX file through :class:`export.OnnxClassifier` (no torch). ``backend`` and
     ``precision`` are the classifier's (``auto``: the fastest that passed the file's parity
     gate); the card says what runs. The class-specific map is ``OnnxClassifier.class_map``
-    (occlusion, from the file alone)."""
+    (random masks, from the file alone)."""
 
     def __init__(self, path: str | Path, providers: str | list[str] | None = None, *,
                  backend: str = "auto", precision: str = "auto") -> None:
         from export.onnx_classifier import OnnxClassifier
 
         self.classifier = OnnxClassifier(path, providers=providers, backend=backend, precision=precision)
+        self.last = LastImage()
         info = self.classifier.info
         cfg = info.config
         self.card = ModelCard(
@@ -106,7 +124,7 @@ class OnnxBackend:
             depth=int(cfg.get("depth", 0)), num_heads=int(cfg.get("num_heads", 0)),
             stem=str(cfg.get("stem", "patch")),
             source=_describe_source(info.source), val_acc=info.val_acc, has_attention=info.has_attention,
-            class_specific=info.class_specific, class_method=OCCLUSION,
+            class_specific=info.class_specific, class_method=RISE,
             reg_tokens=int(cfg.get("reg_tokens", 0)), has_contributions="contributions" in info.outputs,
         )
 
@@ -125,12 +143,13 @@ class OnnxBackend:
         where the file cannot give one."""
         if not self.card.class_specific:
             return None
-        return self.classifier.class_map(pixels, class_index)
+        every = range(len(self.card.class_names))
+        return self.last.get(pixels, class_index, lambda: self.classifier.class_map(pixels, every))
 
 
 class TorchBackend:
     """Serves a project checkpoint through PyTorch, with the same class-specific map as the
-    ONNX path (occlusion, :func:`vit.relevance.occlusion_relevance`)."""
+    ONNX path (random masks, :func:`vit.relevance.rise_relevance`)."""
 
     def __init__(self, path: str | Path) -> None:
         import torch  # noqa: F401  (only here: the ONNX path never imports torch)
@@ -138,6 +157,7 @@ class TorchBackend:
         from vit.checkpoint import load_vit
 
         self.model, record = load_vit(path)
+        self.last = LastImage()
         if not record.get("class_names") or not record.get("preprocess"):
             raise ValueError(
                 f"{path}: has no class names or preprocessing record (a timm checkpoint?); "
@@ -150,7 +170,7 @@ class TorchBackend:
             num_prefix_tokens=cfg.num_prefix_tokens, pool=cfg.global_pool, depth=cfg.depth,
             num_heads=cfg.num_heads, stem=cfg.stem, source=_describe_source(record.get("source")),
             val_acc=record.get("val_acc"), has_attention=True, class_specific=True,
-            class_method=OCCLUSION, reg_tokens=cfg.reg_tokens, has_contributions=True,
+            class_method=RISE, reg_tokens=cfg.reg_tokens, has_contributions=True,
         )
 
     def analyze(self, image: Image.Image, top_k: int = 5) -> Analysis:
@@ -175,11 +195,12 @@ class TorchBackend:
         )
 
     def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None:
-        import torch
+        from vit.relevance import rise_logits
+        from vit.rise import rise_map
 
-        from vit.relevance import occlusion_relevance
-
-        return occlusion_relevance(self.model, torch.from_numpy(pixels)[None], class_index)[0]  # (Gh, Gw)
+        every = range(len(self.card.class_names))
+        return self.last.get(pixels, class_index,  # (Gh, Gw) of the class; all of them computed at once
+                             lambda: rise_map(rise_logits(self.model, pixels), every, self.card.grid))
 
 
 def load_backend(path: str | Path, *, backend: str = "auto", precision: str = "auto",

@@ -32,6 +32,7 @@ from PIL import Image
 
 from vit.occlusion import occluded, occlusion_map
 from vit.preprocess import Preprocess, normalize, resize_and_crop, to_rgb
+from vit.rise import NUM_MASKS, random_masked, rise_map
 from vit.rollout import attention_rollout, class_rollout, contribution_rollout
 
 from .backends import Runner, open_backend
@@ -95,15 +96,15 @@ class ModelInfo:
 
     @property
     def class_specific(self) -> bool:
-        """Class-specific maps are available (:meth:`OnnxClassifier.class_map`): occlusion
-        needs only the logits, so every file has them."""
+        """Class-specific maps are available (:meth:`OnnxClassifier.class_map`): random masks
+        and occlusion need only the logits, so every file has them."""
         return True
 
     @property
     def class_map_methods(self) -> list[str]:
         """The class-map methods this file supports, the default first."""
-        return ["occlusion", "class-rollout"] if {"attention", "token_logits"} <= set(self.outputs) \
-            else ["occlusion"]
+        every = ["rise", "occlusion"]
+        return every + ["class-rollout"] if {"attention", "token_logits"} <= set(self.outputs) else every
 
     @classmethod
     def from_metadata(cls, meta: ModelMetadata) -> ModelInfo:
@@ -290,14 +291,18 @@ class OnnxClassifier:
                 pred.path = path
         return results  # type: ignore[return-value]
 
-    def class_map(self, pixels: np.ndarray, class_index: int | Sequence[int],
-                  method: str = "occlusion") -> np.ndarray:
+    def class_map(self, pixels: np.ndarray, class_index: int | Sequence[int], method: str = "rise", *,
+                  num_masks: int = NUM_MASKS, batch_size: int = 64) -> np.ndarray:
         """Class-specific relevance of each patch for one preprocessed image (3, H, W):
         (Gh, Gw) for one class index, (n, Gh, Gw) for several.
 
-        ``occlusion`` (every file; one batch of runs, 113 on an 8x8 grid): how much the class
-        logit falls when the patch, alone and with its neighbours in 2x2 windows, is blanked
-        to the dataset's mean colour (:mod:`vit.occlusion`).
+        ``rise`` (every file; ``num_masks`` runs, the default and the most faithful in
+        benchmarks/faithfulness.py): the class logit's mean over random copies of the image
+        that show the patch minus its mean over those that blank it, half of the patches
+        blanked in each copy (:mod:`vit.rise`).
+        ``occlusion`` (every file; 113 runs on an 8x8 grid): how much the class logit falls
+        when the patch, alone and with its neighbours in 2x2 windows, is blanked to the
+        dataset's mean colour (:mod:`vit.occlusion`).
         ``class-rollout`` (files with ``token_logits``; no extra run): each final token's exact
         share of the class logit carried back to the patches along the attention rollout
         flows (:func:`vit.rollout.class_rollout`)."""
@@ -316,9 +321,18 @@ class OnnxClassifier:
             if (index < 0).any() or (index >= len(every)).any():
                 raise ValueError(f"class index out of range [0, {len(every) - 1}]: {index.tolist()}")
             return every[index]
+        pixels = pixels.astype(np.float32, copy=False)
+        if method == "rise":
+            copies = random_masked(pixels, grid, num_masks)  # (M, 3, H, W)
+            return rise_map(self._logits(copies, batch_size), class_index, grid)
         logits = self.predict_batch(pixels[None], ["logits"])["logits"][0]  # (K,)
-        copies = occluded(pixels.astype(np.float32, copy=False), grid)  # (W, 3, H, W), W windows
-        return occlusion_map(logits, self.predict_batch(copies, ["logits"])["logits"], class_index, grid)
+        copies = occluded(pixels, grid)  # (W, 3, H, W), W windows
+        return occlusion_map(logits, self._logits(copies, batch_size), class_index, grid)
+
+    def _logits(self, batch: np.ndarray, batch_size: int) -> np.ndarray:
+        """Logits (B, K) of a preprocessed batch, run ``batch_size`` images at a time."""
+        return np.concatenate([self.predict_batch(batch[i:i + batch_size], ["logits"])["logits"]
+                               for i in range(0, len(batch), batch_size)])
 
     @property
     def rollout_method(self) -> str | None:

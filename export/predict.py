@@ -9,11 +9,11 @@ atomically. A summary (images, failures, skipped files, time) ends on stderr. To
 
 ``--explain`` adds to each JSON record where the answer came from, as (Gh, Gw) grids of
 the model's patches, row-major from the top left of the centre crop: ``class_map``, the
-class-specific occlusion map of the top class (``--explain LABEL``: of that class instead;
-positive where a patch raises the class's logit, negative where it lowers it), and
+class-specific random-mask (RISE) map of the top class (``--explain LABEL``: of that class
+instead; positive where a patch raises the class's logit, negative where it lowers it), and
 ``rollout``, the class-agnostic map (contribution rollout, or attention rollout for files
 exported before December 2026; absent for files without attention). Costs one batch of
-runs per image (113 on an 8x8 grid).
+256 runs per image (``vit.rise``).
 """
 
 from __future__ import annotations
@@ -212,8 +212,9 @@ def explanation(clf: OnnxClassifier, image: Any, label: str) -> dict[str, Any]:
     """``class_map`` of ``label`` and ``rollout`` (where the file has attention) of one image,
     as nested lists (Gh, Gw) rounded to MAP_DIGITS, with what computed them."""
     pixels = clf.preprocess(image)  # (1, 3, H, W)
-    class_map = clf.class_map(pixels[0], clf.info.class_names.index(label))  # (Gh, Gw)
-    record: dict[str, Any] = {"class_map": {"label": label, "method": "occlusion",
+    method = clf.info.class_map_methods[0]
+    class_map = clf.class_map(pixels[0], clf.info.class_names.index(label), method)  # (Gh, Gw)
+    record: dict[str, Any] = {"class_map": {"label": label, "method": method,
                                             "values": np.round(class_map, MAP_DIGITS).tolist()}}
     if clf.rollout_method is not None:
         rollout = clf.rollout(pixels)[0]  # (Gh, Gw)

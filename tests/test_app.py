@@ -226,7 +226,7 @@ def test_model_panel_describes_the_model(demo_model: dict[str, Path]) -> None:
     assert "contribution rollout, attention rollout and one layer's attention" in onnx
     assert ("class-specific" in onnx) == card.class_specific
     torch_panel = model_panel(TorchBackend(demo_model["checkpoint"]).card)
-    assert "PyTorch" in torch_panel and "class-specific: how much the class's score falls" in torch_panel
+    assert "PyTorch" in torch_panel and "class-specific: how much higher the class's score is" in torch_panel
 
 
 def test_page_text_matches_the_model(demo_model: dict[str, Path]) -> None:
@@ -400,7 +400,7 @@ def test_api_page_examples_run_as_shown(demo_server: gr.Blocks) -> None:
 
 @pytest.fixture(scope="module")
 def torch_demo_server(demo_model: dict[str, Path]) -> Iterator[gr.Blocks]:
-    """The demo on the checkpoint (PyTorch, the same occlusion class maps), launched as vit-demo does."""
+    """The demo on the checkpoint (PyTorch, the same random-mask class maps), launched as vit-demo does."""
     with launched(TorchBackend(demo_model["checkpoint"])) as app:
         yield app
 
@@ -408,7 +408,7 @@ def torch_demo_server(demo_model: dict[str, Path]) -> Iterator[gr.Blocks]:
 def test_explain_gives_any_class_of_every_model_type(demo_server: gr.Blocks,
                                                      torch_demo_server: gr.Blocks) -> None:
     """/explain: the class-specific map of any class, through the API, for every served model
-    type (occlusion, from the checkpoint or the ONNX file alone). It takes
+    type (random masks, from the checkpoint or the ONNX file alone). It takes
     the image itself, or explains the session's last /classify; the map changes with the class."""
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
@@ -462,7 +462,7 @@ def test_an_onnx_file_with_class_maps_gets_them_on_the_page_and_through_explain(
     from demo.views import render_class_map
 
     backend = OnnxBackend(demo_model["onnx"])
-    assert backend.card.class_specific and "occlusion" in backend.card.class_method
+    assert backend.card.class_specific and "RISE" in backend.card.class_method
     with launched(backend) as app:
         client = Client(app.local_url, verbose=False)
         assert "/explain" in client.view_api(return_format="dict")["named_endpoints"]

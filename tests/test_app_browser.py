@@ -70,7 +70,7 @@ CLASS_NAME = re.compile("|".join(CLASSES))
 
 @pytest.fixture(scope="module")
 def torch_app_url(demo_model: dict[str, Path]) -> Iterator[str]:
-    """The demo on the checkpoint: PyTorch, with the same class-specific (occlusion) maps."""
+    """The demo on the checkpoint: PyTorch, with the same class-specific (random-mask) maps."""
     from demo.backend import TorchBackend
 
     with launched(TorchBackend(demo_model["checkpoint"])) as app:
@@ -162,7 +162,7 @@ def test_upload_shows_label_maps_legend_and_model_view(browser_context: Any, app
     expect(note.locator(".legend .bar").first).to_be_visible()
     assert "gradient" in (note.locator(".legend .bar").first.get_attribute("style") or "")
     expect(page.locator("#header")).to_contain_text("answers from its class token")
-    expect(page.locator("#class-note")).to_contain_text("raise (red)")  # occlusion: from the file alone
+    expect(page.locator("#class-note")).to_contain_text("raise (red)")  # RISE: from the file alone
     expect(page.locator("#framing-note")).to_contain_text("Centre crop")
     assert not elsewhere, elsewhere
     ARTIFACTS.mkdir(exist_ok=True)

@@ -47,7 +47,7 @@ def test_deletion_ranks_faithful_maps_above_random(tmp_path: Path, capsys: pytes
         insertion = {m: r["insertion"]["auc"] for m, r in results["methods"].items()}
         print(flag, deletion, insertion)
         assert results["accuracy"] > 0.95
-        faithful = ("rollout", "contribution-rollout", "occlusion")
+        faithful = ("rollout", "contribution-rollout", "rise", "occlusion")
         faithful += ("gradient",) if flag == "--checkpoint" else ()
         assert set(faithful) < set(deletion) and ("gradient" in deletion) == (flag == "--checkpoint")
         for method in faithful:

@@ -150,7 +150,7 @@ from demo.backend import load_backend
 import numpy as np
 clf = OnnxClassifier(data / "vit_conv.onnx")
 clf.predict(np.zeros((32, 32, 3), dtype=np.uint8))
-assert clf.class_map(np.zeros((3, 32, 32), dtype=np.float32), 1).shape == clf.info.grid  # occlusion
+assert clf.class_map(np.zeros((3, 32, 32), dtype=np.float32), 1).shape == clf.info.grid  # rise
 backend = load_backend(data / "vit_conv.onnx")
 from PIL import Image
 analysis = backend.analyze(Image.new("RGB", (40, 32), (90, 120, 30)))

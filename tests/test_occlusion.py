@@ -71,18 +71,18 @@ def test_occlusion_map_averages_the_windows_covering_a_patch_then_the_sizes() ->
 
 
 def test_onnx_class_maps_equal_pytorch(tiny_onnx_token_logits: Path, tiny_avg_checkpoint: Path) -> None:
-    """Both class-specific maps of OnnxClassifier.class_map (fp32 on onnxruntime) agree with
+    """Occlusion and class-rollout of OnnxClassifier.class_map (fp32 on onnxruntime) agree with
     the same methods through PyTorch: occlusion to 1e-4 of the logit scale, class-rollout to 1e-4."""
     model, _ = load_vit(tiny_avg_checkpoint)
     clf = OnnxClassifier(tiny_onnx_token_logits, backend="onnxruntime", precision="fp32")
-    assert clf.info.class_specific and clf.info.class_map_methods == ["occlusion", "class-rollout"]
+    assert clf.info.class_specific and clf.info.class_map_methods == ["rise", "occlusion", "class-rollout"]
     pixels = np.random.default_rng(0).standard_normal((3, 32, 32)).astype(np.float32)
     x = torch.from_numpy(pixels)[None]
     for k in range(3):
         want = occlusion_relevance(model, x, k)[0]  # (Gh, Gw)
-        np.testing.assert_allclose(clf.class_map(pixels, k), want, atol=1e-4)
+        np.testing.assert_allclose(clf.class_map(pixels, k, "occlusion"), want, atol=1e-4)
     pair = occlusion_relevance(model, x.expand(2, -1, -1, -1), [0, 2])  # (2, Gh, Gw)
-    np.testing.assert_allclose(clf.class_map(pixels, [0, 2]), pair, atol=1e-4)
+    np.testing.assert_allclose(clf.class_map(pixels, [0, 2], "occlusion"), pair, atol=1e-4)
     with torch.no_grad():
         tokens, _ = model.forward_features(x)
         shares = token_logits(model, tokens).numpy()
@@ -94,10 +94,10 @@ def test_onnx_class_maps_equal_pytorch(tiny_onnx_token_logits: Path, tiny_avg_ch
 
 
 def test_class_map_methods_and_errors(tiny_onnx: Path) -> None:
-    clf = OnnxClassifier(tiny_onnx, backend="onnxruntime")  # logits only: occlusion still works
-    assert clf.info.class_map_methods == ["occlusion"]
+    clf = OnnxClassifier(tiny_onnx, backend="onnxruntime")  # logits only: rise and occlusion still work
+    assert clf.info.class_map_methods == ["rise", "occlusion"]
     pixels = np.zeros((3, 32, 32), np.float32)
-    assert clf.class_map(pixels, 0).shape == clf.info.grid
+    assert clf.class_map(pixels, 0).shape == clf.info.grid == clf.class_map(pixels, 0, "occlusion").shape
     with pytest.raises(ValueError, match="'class-rollout' is not available"):
         clf.class_map(pixels, 0, method="class-rollout")
     with pytest.raises(ValueError, match=r"one preprocessed image \(3, 32, 32\)"):

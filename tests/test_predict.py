@@ -218,7 +218,7 @@ def test_explain_adds_the_class_map_and_the_rollout(tiny_onnx_attention: Path, t
     [record] = [json.loads(line) for line in out.read_text().splitlines()]
     top = record["predictions"][0]["label"]
     pixels = clf.preprocess(image)
-    assert record["class_map"]["label"] == top and record["class_map"]["method"] == "occlusion"
+    assert record["class_map"]["label"] == top and record["class_map"]["method"] == "rise"
     want = clf.class_map(pixels[0], clf.info.class_names.index(top))
     np.testing.assert_allclose(record["class_map"]["values"], want, atol=1e-4)
     assert record["rollout"]["method"] == "contribution" and clf.rollout_method == "contribution"

@@ -45,21 +45,29 @@ def windows(grid: tuple[int, int], sizes: Sequence[int] = SIZES) -> np.ndarray:
     return np.stack(masks)  # (W, Gh, Gw)
 
 
+def masked(pixels: np.ndarray, grid: tuple[int, int], masks: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """One preprocessed image (C, H, W) and (M, Gh, Gw) bool masks -> M copies (M, C, H, W),
+    copy m with the patches where ``masks[m]`` is True set to ``fill``. What occlusion and
+    random-mask relevance (:mod:`vit.rise`) run the model on."""
+    if pixels.ndim != 3:
+        raise ValueError(f"expected one preprocessed image (C, H, W), got shape {pixels.shape}")
+    gh, gw = grid
+    if masks.ndim != 3 or masks.shape[1:] != (gh, gw):
+        raise ValueError(f"expected (M, {gh}, {gw}) masks for grid {grid}, got shape {masks.shape}")
+    _, h, w = pixels.shape
+    ph, pw = -(-h // gh), -(-w // gw)  # patch size in pixels (the last row/column may be cut)
+    pixel_masks = masks.repeat(ph, axis=1).repeat(pw, axis=2)[:, :h, :w]  # (M, H, W)
+    copies = np.repeat(pixels[None], len(masks), axis=0)  # (M, C, H, W)
+    np.copyto(copies, np.asarray(fill, dtype=pixels.dtype), where=pixel_masks[:, None])
+    return copies
+
+
 def occluded(pixels: np.ndarray, grid: tuple[int, int], fill: float = 0.0,
              sizes: Sequence[int] = SIZES) -> np.ndarray:
     """One preprocessed image (C, H, W) -> W copies (W, C, H, W), copy w with the patches of
     window w (:func:`windows`; with ``sizes=(1,)`` patch w, row-major as the model's tokens)
     set to ``fill``."""
-    if pixels.ndim != 3:
-        raise ValueError(f"expected one preprocessed image (C, H, W), got shape {pixels.shape}")
-    gh, gw = grid
-    _, h, w = pixels.shape
-    ph, pw = -(-h // gh), -(-w // gw)  # patch size in pixels (the last row/column may be cut)
-    masks = windows(grid, sizes)  # (W, Gh, Gw)
-    pixel_masks = masks.repeat(ph, axis=1).repeat(pw, axis=2)[:, :h, :w]  # (W, H, W)
-    copies = np.repeat(pixels[None], len(masks), axis=0)  # (W, C, H, W)
-    np.copyto(copies, np.asarray(fill, dtype=pixels.dtype), where=pixel_masks[:, None])
-    return copies
+    return masked(pixels, grid, windows(grid, sizes), fill)
 
 
 def occlusion_map(logits: np.ndarray, occluded_logits: np.ndarray, classes: int | Sequence[int],

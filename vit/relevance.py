@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .occlusion import SIZES, occluded, occlusion_map
+from .rise import NUM_MASKS, SEED, random_masked, rise_map
 from .rollout import gradient_weighted_rollout
 from .vit import ViT
 
@@ -122,6 +123,28 @@ def occlusion_relevance(model: ViT, images: Tensor, classes: int | Sequence[int]
             blanked = model(copies).numpy()  # (W, K)
             maps.append(occlusion_map(logits, blanked, int(c), grid, sizes))
     return np.stack(maps)  # (B, Gh, Gw)
+
+
+def rise_relevance(model: ViT, images: Tensor, classes: int | Sequence[int], num_masks: int = NUM_MASKS,
+                   seed: int = SEED) -> np.ndarray:
+    """Random-mask relevance (:mod:`vit.rise`) through PyTorch: images (B, C, H, W) and one
+    class per image (or one for all) -> (B, Gh, Gw), each patch's mean class logit shown
+    minus blanked over ``num_masks`` half-blanked copies. The ONNX path computes the same
+    from the file alone (``OnnxClassifier.class_map``)."""
+    grid = patch_grid(model, images)
+    index = np.broadcast_to(np.asarray(classes, dtype=np.int64).reshape(-1), (images.shape[0],))
+    return np.stack([rise_map(rise_logits(model, pixels, num_masks, seed), int(c), grid, seed)
+                     for pixels, c in zip(images.float().numpy(), index, strict=True)])  # (B, Gh, Gw)
+
+
+def rise_logits(model: ViT, pixels: np.ndarray, num_masks: int = NUM_MASKS, seed: int = SEED,
+                batch_size: int = 64) -> np.ndarray:
+    """The logits (M, K) of one preprocessed image (C, H, W) under :func:`vit.rise.random_masks`:
+    what :func:`vit.rise.rise_map` reads every class's map from."""
+    grid = patch_grid(model, torch.from_numpy(pixels))
+    copies = torch.from_numpy(random_masked(pixels, grid, num_masks, seed))  # (M, C, H, W)
+    with torch.inference_mode():
+        return torch.cat([model(part) for part in copies.split(batch_size)]).float().numpy()  # (M, K)
 
 
 def class_relevance(
