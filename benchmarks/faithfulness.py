@@ -273,12 +273,12 @@ def report(results: dict) -> str:
     lines = [f"{results['model']} ({results['runtime']}): {results['num_images']} images "
              f"({results['split']} split of {results['data']}), baseline {results['baseline']}, "
              f"{results['steps']} steps; accuracy {results['accuracy']:.1%}; {results['seconds']} s",
-             f"{'map':<16}{'deletion AUC (lower better)':>30}{'vs random':>11}"
+             f"{'map':<21}{'deletion AUC (lower better)':>30}{'vs random':>11}"
              f"{'insertion AUC (higher better)':>32}{'vs random':>11}"]
     rows = sorted(results["methods"].items(), key=lambda kv: kv[1]["deletion"]["auc"])
     for m, r in rows:
         d, n = r["deletion"], r["insertion"]
-        lines.append(f"{m:<16}{d['auc']:>21.4f} ± {d['auc_sem']:.4f}"
+        lines.append(f"{m:<21}{d['auc']:>21.4f} ± {d['auc_sem']:.4f}"
                      f"{d['auc'] / ref['deletion']['auc'] - 1:>+11.0%}"
                      f"{n['auc']:>23.4f} ± {n['auc_sem']:.4f}"
                      f"{n['auc'] / ref['insertion']['auc'] - 1:>+11.0%}")
