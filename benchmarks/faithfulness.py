@@ -51,9 +51,9 @@ if __package__ in (None, ""):  # run as a script from anywhere: make the project
 
 from export.backends import add_runtime_arguments  # noqa: E402
 from vit.image_folder import scan_folder, split_indices  # noqa: E402
-from vit.occlusion import occluded, occlusion_map  # noqa: E402
+from vit.occlusion import masked, occluded, occlusion_map  # noqa: E402
 from vit.preprocess import Preprocess, preprocess_image  # noqa: E402
-from vit.rise import NUM_MASKS, random_masked, rise_map  # noqa: E402
+from vit.rise import NUM_MASKS, random_masks, rise_map  # noqa: E402
 from vit.rollout import attention_rollout, class_rollout, contribution_rollout, raw_attention  # noqa: E402
 
 METHODS = ("rollout", "contribution-rollout", "raw-last-layer", "rise", "occlusion", "class-rollout",
@@ -153,9 +153,10 @@ class Subject:
         blanked = self.logits(copies).reshape(len(x), -1, out["logits"].shape[1])  # (B, W, K), W windows
         maps["occlusion"] = np.stack([occlusion_map(out["logits"][i], blanked[i], int(y[i]), self.grid)
                                       for i in range(len(x))])
-        copies = np.concatenate([random_masked(image, self.grid, num_masks) for image in x])  # (B*M, 3, H, W)
-        masked = self.logits(copies).reshape(len(x), num_masks, -1)  # (B, M, K)
-        maps["rise"] = np.stack([rise_map(masked[i], int(y[i]), self.grid) for i in range(len(x))])
+        masks = random_masks(self.grid, num_masks)  # (M, Gh, Gw)
+        copies = np.concatenate([masked(image, self.grid, masks) for image in x])  # (B*M, 3, H, W)
+        shown = self.logits(copies).reshape(len(x), num_masks, -1)  # (B, M, K)
+        maps["rise"] = np.stack([rise_map(shown[i], masks, int(y[i])) for i in range(len(x))])
         if self.gradient is not None:
             maps["gradient"] = self.gradient(x, y)
         maps["random"] = rng.random((len(x), *self.grid))

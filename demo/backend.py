@@ -196,11 +196,11 @@ class TorchBackend:
 
     def explain(self, pixels: np.ndarray, class_index: int) -> np.ndarray | None:
         from vit.relevance import rise_logits
-        from vit.rise import rise_map
+        from vit.rise import random_masks, rise_map
 
-        every = range(len(self.card.class_names))
+        every, masks = range(len(self.card.class_names)), random_masks(self.card.grid)  # masks (M, Gh, Gw)
         return self.last.get(pixels, class_index,  # (Gh, Gw) of the class; all of them computed at once
-                             lambda: rise_map(rise_logits(self.model, pixels), every, self.card.grid))
+                             lambda: rise_map(rise_logits(self.model, pixels, masks), masks, every))
 
 
 def load_backend(path: str | Path, *, backend: str = "auto", precision: str = "auto",

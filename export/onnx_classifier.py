@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vit.occlusion import occluded, occlusion_map
+from vit.occlusion import masked, occluded, occlusion_map
 from vit.preprocess import Preprocess, normalize, resize_and_crop, to_rgb
-from vit.rise import NUM_MASKS, random_masked, rise_map
+from vit.rise import NUM_MASKS, random_masks, rise_map
 from vit.rollout import attention_rollout, class_rollout, contribution_rollout
 
 from .backends import Runner, open_backend
@@ -323,8 +323,9 @@ class OnnxClassifier:
             return every[index]
         pixels = pixels.astype(np.float32, copy=False)
         if method == "rise":
-            copies = random_masked(pixels, grid, num_masks)  # (M, 3, H, W)
-            return rise_map(self._logits(copies, batch_size), class_index, grid)
+            masks = random_masks(grid, num_masks)  # (M, Gh, Gw)
+            copies = masked(pixels, grid, masks)  # (M, 3, H, W)
+            return rise_map(self._logits(copies, batch_size), masks, class_index)
         logits = self.predict_batch(pixels[None], ["logits"])["logits"][0]  # (K,)
         copies = occluded(pixels, grid)  # (W, 3, H, W), W windows
         return occlusion_map(logits, self._logits(copies, batch_size), class_index, grid)

@@ -11,8 +11,9 @@ import torch
 
 from export.onnx_classifier import OnnxClassifier
 from vit.checkpoint import load_vit
+from vit.occlusion import masked
 from vit.relevance import rise_relevance
-from vit.rise import random_masked, random_masks, rise_map
+from vit.rise import random_masks, rise_map
 
 
 def test_every_patch_is_blanked_in_half_of_the_masks_drawn_from_the_seed() -> None:
@@ -28,10 +29,10 @@ def test_every_patch_is_blanked_in_half_of_the_masks_drawn_from_the_seed() -> No
             random_masks((3, 4), bad)
 
 
-def test_random_masked_blanks_the_masked_patches() -> None:
+def test_masked_copies_blank_the_masked_patches() -> None:
     pixels = np.arange(2 * 4 * 6, dtype=np.float32).reshape(2, 4, 6) + 1  # (C, H, W), 2x2 grid of 2x3 patches
-    copies = random_masked(pixels, (2, 2), 8, seed=1, fill=-1.0)
     masks = random_masks((2, 2), 8, seed=1)
+    copies = masked(pixels, (2, 2), masks, fill=-1.0)
     assert copies.shape == (8, 2, 4, 6)
     for copy, mask in zip(copies, masks, strict=True):
         blank = mask.repeat(2, axis=0).repeat(3, axis=1)  # (H, W)
@@ -40,16 +41,19 @@ def test_random_masked_blanks_the_masked_patches() -> None:
 
 def test_rise_map_is_the_mean_logit_shown_minus_blanked() -> None:
     rng = np.random.default_rng(0)
-    masks = random_masks((2, 3), 16, seed=2).reshape(16, 6)
+    masks = random_masks((2, 3), 16, seed=2)  # (M, Gh, Gw)
+    flat = masks.reshape(16, 6)
     logits = rng.standard_normal((16, 4))  # (M, K)
-    want = np.array([[logits[~masks[:, g], k].mean() - logits[masks[:, g], k].mean() for g in range(6)]
+    want = np.array([[logits[~flat[:, g], k].mean() - logits[flat[:, g], k].mean() for g in range(6)]
                      for k in range(4)]).reshape(4, 2, 3)
-    np.testing.assert_allclose(rise_map(logits, 1, (2, 3), seed=2), want[1])
-    np.testing.assert_allclose(rise_map(logits, [3, 0], (2, 3), seed=2), want[[3, 0]])
+    np.testing.assert_allclose(rise_map(logits, masks, 1), want[1])
+    np.testing.assert_allclose(rise_map(logits, masks, [3, 0]), want[[3, 0]])
     with pytest.raises(ValueError, match=r"class index out of range \[0, 3\]"):
-        rise_map(logits, 4, (2, 3), seed=2)
+        rise_map(logits, masks, 4)
     with pytest.raises(ValueError, match=r"expected masked logits \(M, K\)"):
-        rise_map(logits[0], 0, (2, 3))
+        rise_map(logits[0], masks, 0)
+    with pytest.raises(ValueError, match=r"expected one mask \(Gh, Gw\) per copy: 16 logit rows"):
+        rise_map(logits, masks[:8], 0)
 
 
 def test_rise_map_recovers_what_each_patch_adds_to_an_additive_model() -> None:
@@ -57,9 +61,10 @@ def test_rise_map_recovers_what_each_patch_adds_to_an_additive_model() -> None:
     (the patches' Banzhaf values), close enough to rank them, for every class at once."""
     grid, adds = (3, 3), np.array([[3.0, 0.0, -1.0, 0.5, 2.0, 0.0, 1.0, -2.0, 0.2],  # class 0 (per patch)
                                    [0.0, 1.0, 0.0, 0.0, 0.0, 4.0, 0.0, 0.0, 0.0]])  # class 1
-    shown = ~random_masks(grid, 2048).reshape(2048, 9)
+    masks = random_masks(grid, 2048)  # (M, Gh, Gw)
+    shown = ~masks.reshape(2048, 9)
     logits = shown.astype(float) @ adds.T + 5.0  # (M, K)
-    maps = rise_map(logits, [0, 1], grid)
+    maps = rise_map(logits, masks, [0, 1])
     np.testing.assert_allclose(maps.reshape(2, 9), adds, atol=0.25)
     assert np.argsort(-maps[0].ravel())[:3].tolist() == [0, 4, 6]
 

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .occlusion import SIZES, occluded, occlusion_map
-from .rise import NUM_MASKS, SEED, random_masked, rise_map
+from .occlusion import SIZES, masked, occluded, occlusion_map
+from .rise import NUM_MASKS, SEED, random_masks, rise_map
 from .rollout import gradient_weighted_rollout
 from .vit import ViT
 
@@ -133,16 +133,19 @@ def rise_relevance(model: ViT, images: Tensor, classes: int | Sequence[int], num
     from the file alone (``OnnxClassifier.class_map``)."""
     grid = patch_grid(model, images)
     index = np.broadcast_to(np.asarray(classes, dtype=np.int64).reshape(-1), (images.shape[0],))
-    return np.stack([rise_map(rise_logits(model, pixels, num_masks, seed), int(c), grid, seed)
+    masks = random_masks(grid, num_masks, seed)  # (M, Gh, Gw)
+    return np.stack([rise_map(rise_logits(model, pixels, masks), masks, int(c))
                      for pixels, c in zip(images.float().numpy(), index, strict=True)])  # (B, Gh, Gw)
 
 
-def rise_logits(model: ViT, pixels: np.ndarray, num_masks: int = NUM_MASKS, seed: int = SEED,
-                batch_size: int = 64) -> np.ndarray:
-    """The logits (M, K) of one preprocessed image (C, H, W) under :func:`vit.rise.random_masks`:
-    what :func:`vit.rise.rise_map` reads every class's map from."""
+def rise_logits(model: ViT, pixels: np.ndarray, masks: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """The logits (M, K) of one preprocessed image (C, H, W) under ``masks`` (M, Gh, Gw) from
+    :func:`vit.rise.random_masks`: what :func:`vit.rise.rise_map` reads every class's map from."""
     grid = patch_grid(model, torch.from_numpy(pixels))
-    copies = torch.from_numpy(random_masked(pixels, grid, num_masks, seed))  # (M, C, H, W)
+    if masks.shape[1:] != grid:
+        raise ValueError(f"masks: expected (M, {grid[0]}, {grid[1]}) for this model's patch grid, "
+                         f"got {masks.shape}")
+    copies = torch.from_numpy(masked(pixels, grid, masks))  # (M, C, H, W)
     with torch.inference_mode():
         return torch.cat([model(part) for part in copies.split(batch_size)]).float().numpy()  # (M, K)
 

@@ -27,8 +27,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .occlusion import masked
-
 NUM_MASKS = 256  # copies per image: -53% deletion AUC against random at 256, -55% at 512 (README)
 SEED = 0
 
@@ -45,26 +43,23 @@ def random_masks(grid: tuple[int, int], num_masks: int = NUM_MASKS, seed: int = 
     return masks.reshape(num_masks, gh, gw)
 
 
-def random_masked(pixels: np.ndarray, grid: tuple[int, int], num_masks: int = NUM_MASKS, seed: int = SEED,
-                  fill: float = 0.0) -> np.ndarray:
-    """One preprocessed image (C, H, W) -> M copies (M, C, H, W) under :func:`random_masks`."""
-    return masked(pixels, grid, random_masks(grid, num_masks, seed), fill)
-
-
-def rise_map(masked_logits: np.ndarray, classes: int | Sequence[int], grid: tuple[int, int],
-             seed: int = SEED) -> np.ndarray:
-    """The logits (M, K) of :func:`random_masked`'s copies (same ``seed``; M from their
-    number) -> each patch's mean logit shown minus blanked, (Gh, Gw) for one class index or
-    (n, Gh, Gw) for a sequence of them. Positive where the patch raises the class."""
+def rise_map(masked_logits: np.ndarray, masks: np.ndarray, classes: int | Sequence[int]) -> np.ndarray:
+    """The logits (M, K) of an image's copies under ``masks`` (M, Gh, Gw) from
+    :func:`random_masks` (blanked with :func:`vit.occlusion.masked`) -> each patch's mean
+    logit shown minus blanked, (Gh, Gw) for one class index or (n, Gh, Gw) for a sequence of
+    them. Positive where the patch raises the class."""
     logits = np.asarray(masked_logits, np.float64)
     if logits.ndim != 2:
         raise ValueError(f"expected masked logits (M, K), got shape {logits.shape}")
+    if masks.ndim != 3 or len(masks) != len(logits):
+        raise ValueError(f"expected one mask (Gh, Gw) per copy: {len(logits)} logit rows, "
+                         f"masks {masks.shape}")
     index = np.asarray(classes, dtype=np.int64)
     if (index < 0).any() or (index >= logits.shape[1]).any():
         raise ValueError(f"class index out of range [0, {logits.shape[1] - 1}]: {index.tolist()}")
-    blank = random_masks(grid, len(logits), seed).reshape(len(logits), -1).astype(np.float64)  # (M, G)
+    blank = masks.reshape(len(masks), -1).astype(np.float64)  # (M, G)
     chosen = logits[:, index.reshape(-1)]  # (M, n)
-    half = len(logits) / 2  # copies showing (and blanking) each patch
-    scores = (chosen.T @ (1.0 - blank) - chosen.T @ blank) / half  # (n, G)
-    maps = scores.reshape(-1, *grid)  # (n, Gh, Gw)
+    shown = chosen.T @ (1.0 - blank) / (1.0 - blank).sum(axis=0)  # (n, G): mean over the copies showing it
+    hidden = chosen.T @ blank / blank.sum(axis=0)  # (n, G): mean over those blanking it
+    maps = (shown - hidden).reshape(-1, *masks.shape[1:])  # (n, Gh, Gw)
     return maps if index.ndim else maps[0]
