@@ -198,9 +198,11 @@ class TorchBackend:
         from vit.relevance import rise_logits
         from vit.rise import random_masks, rise_map
 
-        every, masks = range(len(self.card.class_names)), random_masks(self.card.grid)  # masks (M, Gh, Gw)
-        return self.last.get(pixels, class_index,  # (Gh, Gw) of the class; all of them computed at once
-                             lambda: rise_map(rise_logits(self.model, pixels, masks), masks, every))
+        def every_class() -> np.ndarray:  # (K, Gh, Gw), drawn and run only when the image is new
+            masks = random_masks(self.card.grid)  # (M, Gh, Gw)
+            return rise_map(rise_logits(self.model, pixels, masks), masks, range(len(self.card.class_names)))
+
+        return self.last.get(pixels, class_index, every_class)  # (Gh, Gw) of the class
 
 
 def load_backend(path: str | Path, *, backend: str = "auto", precision: str = "auto",
