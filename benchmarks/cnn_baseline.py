@@ -32,7 +32,11 @@ from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from model_cost import architecture  # noqa: E402
+
+from training.augment import random_crop, random_flip  # noqa: E402
 from training.image_cache import cached_decode  # noqa: E402
 from vit.errors import DataError  # noqa: E402
 from vit.image_folder import scan_folder, split_indices  # noqa: E402
@@ -63,20 +67,6 @@ def small_cnn(num_classes: int, widths: tuple[int, int, int] = (64, 256, 256)) -
     )
 
 
-def translate_and_flip(images: Tensor, shift: int) -> Tensor:
-    """Per image: a random left-right flip and a random crop of the original size from the
-    reflect-padded image. images: float (B, C, H, W)."""
-    b, c, h, w = images.shape
-    flip = torch.rand(b) < 0.5
-    images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-    padded = F.pad(images, (shift,) * 4, mode="reflect")  # (B, C, H+2s, W+2s)
-    dy = torch.randint(0, 2 * shift + 1, (b, 1))
-    dx = torch.randint(0, 2 * shift + 1, (b, 1))
-    rows = (dy + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (dx + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
-    return padded[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
-
-
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, normalize: Normalize,
              flip_tta: bool) -> float:
     """Top-1 on uint8 images (N, 3, H, W); with ``flip_tta`` the softmax of the image and its
@@ -105,9 +95,10 @@ class Normalize:
         return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
 
-def train(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, batch_size: int, lr: float,
-          on_epoch: Callable[[int, float], None]) -> None:
-    """SGD with Nesterov momentum, linear warm-up over 15% of the steps then linear decay to 0."""
+def train(model: nn.Module, images: Tensor, labels: Tensor, normalize: Normalize, epochs: int,
+          batch_size: int, lr: float, on_epoch: Callable[[int, float], None]) -> float:
+    """SGD with Nesterov momentum, linear warm-up over 15% of the steps then linear decay to 0;
+    returns the seconds spent training (``on_epoch`` excluded)."""
     steps_per_epoch = len(images) // batch_size
     total = max(1, epochs * steps_per_epoch)
     warm = max(1, int(0.15 * total))
@@ -117,13 +108,13 @@ def train(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, batch_s
     opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    normalize = Normalize(Preprocess())
+    seconds = 0.0
     for epoch in range(epochs):
         start = time.perf_counter()
         order = torch.randperm(len(images))
         for i in range(steps_per_epoch):
             batch = order[i * batch_size:(i + 1) * batch_size]
-            x = normalize(translate_and_flip(images[batch].float(), 4))
+            x = normalize(random_crop(random_flip(images[batch].float(), 0.5), 4, mode="reflect"))
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), labels[batch], label_smoothing=0.2)
@@ -131,17 +122,19 @@ def train(model: nn.Module, images: Tensor, labels: Tensor, epochs: int, batch_s
             loss.backward()
             opt.step()
             sched.step()
-        on_epoch(epoch + 1, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        seconds += elapsed
+        on_epoch(epoch + 1, elapsed)
+    return seconds
 
 
 def vit_accuracy(path: Path, data: Path, val_fraction: float, seed: int) -> tuple[str, int, float]:
     """(name, parameters, validation accuracy) of an exported ViT, served as vit-predict does."""
     from export.evaluate import evaluate
     from export.onnx_classifier import OnnxClassifier
-    from vit.vit import ViT, ViTConfig
 
     clf = OnnxClassifier(path)
-    params = sum(p.numel() for p in ViT(ViTConfig(**clf.info.config)).parameters())
+    params, _ = architecture(clf)
     result = evaluate(clf, data, val_fraction, seed)
     return f"{path} ({clf.backend} {clf.precision})", params, result["accuracy"]
 
@@ -180,16 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     model = small_cnn(len(decoded.class_names)).to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
     normalize = Normalize(Preprocess())
-    clock = {"train_s": 0.0}
 
     def report(epoch: int, seconds: float) -> None:
-        clock["train_s"] += seconds
         print(f"epoch {epoch}: val {accuracy(model, x_val, y_val, normalize, False):.4f} "
               f"({seconds:.0f} s)", flush=True)
 
     print(f"small CNN, {params:,} parameters, {len(train_idx)} training and {len(val_idx)} validation "
           f"images, {args.epochs} epochs, {torch.get_num_threads()} threads", flush=True)
-    train(model, x_train, y_train, args.epochs, args.batch_size, args.lr, report)
+    train_s = train(model, x_train, y_train, normalize, args.epochs, args.batch_size, args.lr, report)
     plain = accuracy(model, x_val, y_val, normalize, False)
     tta = accuracy(model, x_val, y_val, normalize, True)
     if args.output is not None:
@@ -197,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.save(model.state_dict(), tmp)
         tmp.replace(args.output)
 
-    rows = [("small CNN", params, f"{args.epochs} epochs, {clock['train_s'] / 60:.1f} min", plain, tta)]
+    rows = [("small CNN", params, f"{args.epochs} epochs, {train_s / 60:.1f} min", plain, tta)]
     if args.model is not None:
         name, vit_params, vit_acc = vit_accuracy(args.model, args.data, args.val_fraction, args.seed)
         rows.append((name, vit_params, "(its model card)", vit_acc, None))

@@ -88,10 +88,11 @@ def image_transform(augment: Augment, size: int) -> v2.Transform:
     return v2.Compose(steps) if steps else v2.Identity()
 
 
-def random_crop(images: Tensor, padding: int) -> Tensor:
-    """Per-image random crop of the original size from the zero-padded images (B, C, H, W)."""
+def random_crop(images: Tensor, padding: int, mode: str = "constant") -> Tensor:
+    """Per-image random crop of the original size from the padded images (B, C, H, W):
+    zero-padded, or ``mode="reflect"`` (float images) as ``torch.nn.functional.pad``."""
     b, _, h, w = images.shape
-    padded = torch.nn.functional.pad(images, (padding,) * 4)  # (B, C, H+2p, W+2p)
+    padded = torch.nn.functional.pad(images, (padding,) * 4, mode=mode)  # (B, C, H+2p, W+2p)
     dy = torch.randint(0, 2 * padding + 1, (b, 1), device=images.device)
     dx = torch.randint(0, 2 * padding + 1, (b, 1), device=images.device)
     rows = (dy + torch.arange(h, device=images.device))[:, None, :, None]  # (B, 1, H, 1)
