@@ -59,7 +59,7 @@ def resolve_root(root: str | Path) -> Path:
     if not path.is_absolute() and (REPO_ROOT / path).is_dir():
         return (REPO_ROOT / path).resolve()
     where = f"{path.resolve()}" + ("" if path.is_absolute() else f" or {(REPO_ROOT / path).resolve()}")
-    raise DataError(f"data folder {root!r} not found (looked at {where})")
+    raise DataError(f"data folder {str(root)!r} not found (looked at {where})")
 
 
 def list_classes(root: Path) -> list[str]:
