@@ -1,26 +1,26 @@
 """How far a small convolutional network gets on the same validation split, trained on this
-CPU in under an hour: the reference a ViT recipe has to beat (#16), and a candidate teacher.
+CPU in under an hour: the reference a ViT recipe has to beat (#16), and the teacher it can
+distil from (``--model.distill.teacher``).
 
     python benchmarks/cnn_baseline.py --data ../shared/data/cifar10/train \\
-        [--model models/cifar10_vit.onnx] [--epochs 18] [--output cnn.pt]
+        [--model models/cifar10_vit.onnx] [--epochs 18] [--output cnn.safetensors] [--state run.pt]
 
-The network is a plain stack without residual connections, in the manner of the fast
-CIFAR-10 trainers (a 3x3 conv, then three stages of conv -> 2x2 max-pool -> BatchNorm -> GELU
--> conv -> BatchNorm -> GELU at widths 64, 256, 256, a global max-pool and a linear head; 2.0M
-parameters, ~0.3 GFLOPs per image), trained with SGD (Nesterov, a linear warm-up over 15% of
-the steps, then linearly to zero), label smoothing 0.2, flips and 4-pixel reflected
-translations, in bf16 autocast.
+The network is :class:`training.cnn.SmallCNN` (2.0M parameters, ~0.3 GFLOPs per image),
+trained with SGD (Nesterov, a linear warm-up over 15% of the steps, then linearly to zero),
+label smoothing 0.2, flips and 4-pixel reflected translations, in bf16 autocast where the CPU
+has bf16 instructions and in fp32 elsewhere (``--precision``).
 The split is vit-train's (``--val-fraction``, ``--seed``), the images come from vit-train's
 decode-once cache, and the ViT file given with ``--model`` is evaluated on the same images as
 ``vit-predict`` serves it; the table puts the two side by side. ``--output`` saves the
-network's weights (written to a temporary file next to it, then renamed). Set
-OMP_NUM_THREADS and pause other work first.
+network with its classes and preprocessing, a teacher file (written to a temporary file next
+to it, then renamed); ``--state`` keeps the whole run after every epoch, so a run longer than
+a sitting continues where it stopped with the same batches. Set OMP_NUM_THREADS and pause
+other work first.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -37,43 +37,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from model_cost import architecture  # noqa: E402
 
 from training.augment import random_crop, random_flip  # noqa: E402
+from training.checkpoint_io import atomic_torch_save, read_checkpoint_file  # noqa: E402
+from training.cnn import CNNConfig, SmallCNN  # noqa: E402
 from training.image_cache import cached_decode  # noqa: E402
+from training.teacher import save_cnn  # noqa: E402
 from vit.errors import DataError  # noqa: E402
 from vit.image_folder import scan_folder, split_indices  # noqa: E402
 from vit.preprocess import Preprocess  # noqa: E402
 
 
-class Stage(nn.Module):
-    """conv -> 2x2 max-pool -> BN -> GELU -> conv -> BN -> GELU: (B, Cin, H, W) -> (B, Cout, H/2, W/2)."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
-        self.norm1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
-        self.norm2 = nn.BatchNorm2d(cout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.gelu(self.norm1(F.max_pool2d(self.conv1(x), 2)))
-        return F.gelu(self.norm2(self.conv2(x)))
-
-
-def small_cnn(num_classes: int, widths: tuple[int, int, int] = (64, 256, 256)) -> nn.Sequential:
-    """(B, 3, H, W) normalized images -> (B, num_classes) logits."""
-    return nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.GELU(),
-        Stage(32, widths[0]), Stage(widths[0], widths[1]), Stage(widths[1], widths[2]),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[2], num_classes, bias=False),
-    )
-
-
 def accuracy(model: nn.Module, images: Tensor, labels: Tensor, normalize: Normalize,
-             flip_tta: bool) -> float:
+             flip_tta: bool, bf16: bool = True) -> float:
     """Top-1 on uint8 images (N, 3, H, W); with ``flip_tta`` the softmax of the image and its
     mirror image are averaged."""
     model.eval()
     correct = 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(images), 500):
             x = normalize(images[start:start + 500].float())
             probs = model(x).float().softmax(-1)
@@ -96,9 +75,12 @@ class Normalize:
 
 
 def train(model: nn.Module, images: Tensor, labels: Tensor, normalize: Normalize, epochs: int,
-          batch_size: int, lr: float, on_epoch: Callable[[int, float], None]) -> float:
+          batch_size: int, lr: float, on_epoch: Callable[[int, float], None], *, bf16: bool = True,
+          state_path: Path | None = None) -> float:
     """SGD with Nesterov momentum, linear warm-up over 15% of the steps then linear decay to 0;
-    returns the seconds spent training (``on_epoch`` excluded)."""
+    returns the seconds spent training (``on_epoch`` excluded). With ``state_path``, the whole
+    state (weights, optimizer, schedule, random generator, epoch) is saved there after every
+    epoch, and a run finding it there continues from it with the same batches and updates."""
     steps_per_epoch = len(images) // batch_size
     total = max(1, epochs * steps_per_epoch)
     warm = max(1, int(0.15 * total))
@@ -108,14 +90,24 @@ def train(model: nn.Module, images: Tensor, labels: Tensor, normalize: Normalize
     opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    seconds = 0.0
-    for epoch in range(epochs):
+    seconds, first = 0.0, 0
+    if state_path is not None and state_path.is_file():
+        state = read_checkpoint_file(state_path)
+        if state.get("epochs") != epochs:
+            raise DataError(f"{state_path}: a run of {state.get('epochs')} epochs, not --epochs {epochs}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        seconds, first = state["seconds"], state["epoch"]
+        print(f"resumed from {state_path} after epoch {first}", flush=True)
+    for epoch in range(first, epochs):
         start = time.perf_counter()
         order = torch.randperm(len(images))
         for i in range(steps_per_epoch):
             batch = order[i * batch_size:(i + 1) * batch_size]
             x = normalize(random_crop(random_flip(images[batch].float(), 0.5), 4, mode="reflect"))
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), labels[batch], label_smoothing=0.2)
             opt.zero_grad(set_to_none=True)
@@ -124,8 +116,20 @@ def train(model: nn.Module, images: Tensor, labels: Tensor, normalize: Normalize
             sched.step()
         elapsed = time.perf_counter() - start
         seconds += elapsed
+        if state_path is not None:
+            atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scheduler": sched.state_dict(), "rng": torch.get_rng_state(),
+                               "epoch": epoch + 1, "epochs": epochs, "seconds": seconds}, state_path)
         on_epoch(epoch + 1, elapsed)
     return seconds
+
+
+def bf16_autocast(precision: str) -> bool:
+    """Whether to train in bf16 autocast: ``precision`` "bf16", "32", or "auto" (bf16 where
+    oneDNN has bf16 instructions on this CPU)."""
+    if precision == "auto":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return precision == "bf16"
 
 
 def vit_accuracy(path: Path, data: Path, val_fraction: float, seed: int) -> tuple[str, int, float]:
@@ -150,8 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0, help="the split's seed, as vit-train's data.seed")
     p.add_argument("--cache-dir", type=Path, help="vit-train's image cache (default ~/.cache/vit-service)")
-    p.add_argument("--output", type=Path, help="save the trained network's state_dict here")
+    p.add_argument("--output", type=Path,
+                   help="save the trained network here (.safetensors): a teacher for model.distill.teacher")
+    p.add_argument("--state", type=Path,
+                   help="save the run's whole state here after every epoch; continue from it if it is there")
+    p.add_argument("--precision", choices=("auto", "bf16", "32"), default="auto",
+                   help="bf16 autocast or fp32; auto = bf16 where the CPU has bf16 instructions "
+                        "(AVX512-BF16, AMX; ~3x faster there) and fp32 elsewhere (where bf16 is ~50x slower)")
     args = p.parse_args(argv)
+    if args.output is not None and args.output.suffix != ".safetensors":
+        print(f"cnn_baseline: --output {args.output}: must end in .safetensors", file=sys.stderr)
+        return 2
     if args.model is not None and not args.model.is_file():
         print(f"cnn_baseline: {args.model}: no such file", file=sys.stderr)
         return 2
@@ -170,23 +183,31 @@ def main(argv: list[str] | None = None) -> int:
     x_val, y_val = decoded.images[val_idx], decoded.labels[val_idx]
 
     torch.manual_seed(args.seed)
-    model = small_cnn(len(decoded.class_names)).to(memory_format=torch.channels_last)
+    model = SmallCNN(CNNConfig(num_classes=len(decoded.class_names))).to(memory_format=torch.channels_last)
     params = sum(p.numel() for p in model.parameters())
-    normalize = Normalize(Preprocess())
+    spec = Preprocess()
+    normalize = Normalize(spec)
+    bf16 = bf16_autocast(args.precision)
 
     def report(epoch: int, seconds: float) -> None:
-        print(f"epoch {epoch}: val {accuracy(model, x_val, y_val, normalize, False):.4f} "
+        print(f"epoch {epoch}: val {accuracy(model, x_val, y_val, normalize, False, bf16):.4f} "
               f"({seconds:.0f} s)", flush=True)
 
     print(f"small CNN, {params:,} parameters, {len(train_idx)} training and {len(val_idx)} validation "
-          f"images, {args.epochs} epochs, {torch.get_num_threads()} threads", flush=True)
-    train_s = train(model, x_train, y_train, normalize, args.epochs, args.batch_size, args.lr, report)
-    plain = accuracy(model, x_val, y_val, normalize, False)
-    tta = accuracy(model, x_val, y_val, normalize, True)
+          f"images, {args.epochs} epochs, {'bf16' if bf16 else 'fp32'}, {torch.get_num_threads()} threads",
+          flush=True)
+    try:
+        train_s = train(model, x_train, y_train, normalize, args.epochs, args.batch_size, args.lr, report,
+                        bf16=bf16, state_path=args.state)
+    except DataError as exc:
+        print(f"cnn_baseline: {exc}", file=sys.stderr)
+        return 2
+    plain = accuracy(model, x_val, y_val, normalize, False, bf16)
+    tta = accuracy(model, x_val, y_val, normalize, True, bf16)
     if args.output is not None:
-        tmp = args.output.with_name(f".{args.output.name}.{os.getpid()}.tmp")
-        torch.save(model.state_dict(), tmp)
-        tmp.replace(args.output)
+        save_cnn(model, {"class_names": list(decoded.class_names), "preprocess": spec.to_dict(),
+                         "val_acc": plain, "source": f"benchmarks/cnn_baseline.py, {args.epochs} epochs "
+                         f"on {args.data} (val_fraction {args.val_fraction}, seed {args.seed})"}, args.output)
 
     rows = [("small CNN", params, f"{args.epochs} epochs, {train_s / 60:.1f} min", plain, tta)]
     if args.model is not None:

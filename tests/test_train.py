@@ -105,11 +105,13 @@ def test_fine_tune_from_timm_through_the_cli(tmp_path: Path, monkeypatch: pytest
     folder = make_image_folder(tmp_path / "images")
     monkeypatch.chdir(tmp_path)
     main([*fit_args(folder, tmp_path / "cache"), "--trainer.max_epochs", "1", "--model.pretrained", str(path),
-          "--model.vit", "{num_heads: 2}", "--model.layer_decay", "0.75", "--model.freeze_blocks", "1"])
+          "--model.vit", "{num_heads: 2, attn_drop_rate: 0.1}", "--model.layer_decay", "0.75",
+          "--model.freeze_blocks", "1"])
     ckpt = tmp_path / "runs" / "smoke" / "version_0" / "checkpoints" / "last.ckpt"
     model, record = load_vit(ckpt)
     assert record["config"]["num_classes"] == 3 and record["config"]["image_size"] == 32
     assert record["config"]["dim"] == 64 and "timm_vit.safetensors" in record["source"]
+    assert record["config"]["attn_drop_rate"] == 0.1  # a field of both model.vit and the model's own
     # frozen block 0 kept the timm weights; block 1 trained
     assert torch.equal(model.state_dict()["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
     assert not torch.equal(model.state_dict()["blocks.1.attn.qkv.weight"], state["blocks.1.attn.qkv.weight"])
@@ -234,3 +236,22 @@ def test_third_party_adverts_are_off(caplog: pytest.LogCaptureFixture) -> None:
         rank_zero_info("💡 Tip: For seamless cloud logging, try installing [litlogger](https://pypi.org/)")
         rank_zero_info("GPU available: False")
     assert "litlogger" not in caplog.text and "GPU available" in caplog.text
+
+
+@pytest.mark.parametrize("precision,has_bf16,warned", [
+    ("bf16-mixed", False, True), ("bf16-mixed", True, False), ("32", False, False)])
+def test_bf16_on_a_cpu_without_bf16_instructions_is_named(precision: str, has_bf16: bool, warned: bool,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    from lightning.pytorch import Trainer
+
+    from training import train
+
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: has_bf16)
+    with caplog.at_level(logging.WARNING, logger="training.train"):
+        train.warn_slow_bf16(Trainer(accelerator="cpu", precision=precision, logger=False,
+                                     enable_checkpointing=False))
+    lines = [r.getMessage() for r in caplog.records if r.name == "training.train"]
+    expected = ("trainer.precision bf16-mixed: this CPU has no bf16 instructions (AVX512-BF16 or AMX), "
+                "so bf16 runs emulated, ~40x slower than fp32; pass --trainer.precision 32")
+    assert lines == ([expected] if warned else [])

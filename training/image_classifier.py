@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from vit.errors import DataError
 from vit.preprocess import Preprocess
 from vit.vit import ConvStem, ViT, ViTConfig
 
+from .distill import Distill, Teacher
 from .distributed import seed_epoch
 from .optim import WarmupCosine, check_rates, param_groups
 
@@ -50,6 +52,8 @@ class ImageClassifier(L.LightningModule):
         layer_decay: layer-wise lr decay factor (e.g. 0.65 for fine-tuning); None = off.
         lr, weight_decay, betas, warmup_epochs, min_lr: AdamW and the warmup + cosine schedule.
         label_smoothing: for the cross-entropy loss.
+        distill: learn also from a frozen teacher's answers on the same augmented images
+            (:class:`training.distill.Distill`: teacher file, weight, kind, temperature).
         compile: ``torch.compile`` the ViT.
         explicit_attention: compute attention with the core's explicit softmax path instead
             of ``F.scaled_dot_product_attention`` (``configure_attention(fused=False)``); None =
@@ -83,12 +87,17 @@ class ImageClassifier(L.LightningModule):
         warmup_epochs: float = 5.0,
         min_lr: float = 1e-5,
         label_smoothing: float = 0.1,
+        distill: Distill | None = None,
         compile: bool = False,
         explicit_attention: bool | None = None,
     ) -> None:
         super().__init__()
         check_rates(lr=lr, min_lr=min_lr)
+        if isinstance(distill, dict):  # from a checkpoint's hyperparameters
+            distill = Distill(**distill)
         self.save_hyperparameters()
+        self.hparams.distill = asdict(distill) if distill is not None else None  # plain data in checkpoints
+        self.teacher: Teacher | None = None
         self.model: ViT | None = None
         self.class_names: list[str] | None = None
         self.preprocess: Preprocess | None = None
@@ -99,6 +108,8 @@ class ImageClassifier(L.LightningModule):
     # ------------------------------------------------------------------------ building
     def setup(self, stage: str) -> None:
         self._read_data_module()
+        if stage == "fit" and self.hparams.distill and self.teacher is None:
+            self.teacher = Teacher(Distill(**self.hparams.distill), self.class_names, self.preprocess)
 
     def _read_data_module(self) -> None:
         """Take class names, class count, image size and preprocessing from the data module.
@@ -164,8 +175,9 @@ class ImageClassifier(L.LightningModule):
     def _load_pretrained(self, path: str) -> ViT:
         hp = self.hparams
         overrides = {k: hp[k] for k in ("drop_rate", "attn_drop_rate", "drop_path_rate")}
+        overrides.update(hp.vit or {})  # the vit dict wins, as for a model built from the fields
         try:
-            model, record = load_vit(path, **overrides, **(hp.vit or {}))
+            model, record = load_vit(path, **overrides)
         except (OSError, ValueError, KeyError, RuntimeError) as exc:  # missing, unsafe, corrupt or foreign
             raise DataError(f"model.pretrained: {exc}") from exc
         model.train()
@@ -213,6 +225,12 @@ class ImageClassifier(L.LightningModule):
         images, labels, targets = batch
         logits = self(images)
         loss = F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
+        if self.teacher is not None:
+            weight = self.teacher.config.weight
+            teacher_loss = self.teacher.loss(logits, images)
+            self.log("train_teacher_loss", teacher_loss, on_step=True, on_epoch=True, batch_size=len(labels),
+                     sync_dist=True)
+            loss = (1 - weight) * loss + weight * teacher_loss
         self._log_metrics("train", loss, logits, labels)
         return loss
 
