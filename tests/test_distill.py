@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from conftest import CLASSES, fit_args, make_image_folder
+from conftest import CLASSES, SMOKE, fit_args, make_image_folder
 
 from training.cnn import CNNConfig, SmallCNN
 from training.distill import Distill, distill_loss
@@ -93,6 +93,12 @@ def test_student_learns_the_teachers_answers(tmp_path: Path, monkeypatch: pytest
     state, _ = read_checkpoint(run / "checkpoints" / "last.ckpt")
     assert all(k.startswith(("patch_embed", "blocks", "norm", "head", "pos_embed", "cls_token", "reg_token",
                              "fc_norm")) for k in state)  # the teacher is not saved with the student
+    teacher.unlink()  # validating the student needs no teacher
+    main(["validate", "--config", SMOKE, "--data.root", str(folder), "--data.cache_dir",
+          str(tmp_path / "cache"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt"),
+          "--trainer.enable_progress_bar", "false"])
+    rows = list(csv.DictReader((tmp_path / "runs" / "smoke" / "version_1" / "metrics.csv").open()))
+    assert float(next(r for r in rows if r.get("val_acc"))["val_acc"]) == pytest.approx(1 / 3, abs=1e-6)
 
 
 @pytest.mark.parametrize("case,message", [
