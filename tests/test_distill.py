@@ -90,7 +90,8 @@ def test_student_learns_the_teachers_answers(tmp_path: Path, monkeypatch: pytest
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # plain data only
     assert ckpt["hyper_parameters"]["distill"] == {"teacher": str(teacher), "weight": 1.0, "kind": "hard",
                                                    "temperature": 1.0}
-    state, _ = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    state, record = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert record["source"] == "trained from scratch; distilled from teacher.safetensors"
     assert all(k.startswith(("patch_embed", "blocks", "norm", "head", "pos_embed", "cls_token", "reg_token",
                              "fc_norm")) for k in state)  # the teacher is not saved with the student
     teacher.unlink()  # validating the student needs no teacher

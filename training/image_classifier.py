@@ -315,8 +315,15 @@ class ImageClassifier(L.LightningModule):
             "class_names": list(self.class_names) if self.class_names else [str(i) for i in range(k)],
             "preprocess": spec.to_dict(),
             "val_acc": self.best_val_acc,
-            "source": self.source,
+            "source": self._source(),
         }
+
+    def _source(self) -> str:
+        """Where the weights come from, with the teacher's file when distilled."""
+        distill = self.hparams.distill
+        if not distill or "distilled from" in self.source:
+            return self.source
+        return f"{self.source}; distilled from {Path(distill['teacher']).name}"
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vit"] = self.vit_record()
