@@ -41,6 +41,7 @@ from training.checkpoint_io import atomic_torch_save, read_checkpoint_file  # no
 from training.cnn import CNNConfig, SmallCNN  # noqa: E402
 from training.image_cache import cached_decode  # noqa: E402
 from training.teacher import save_cnn  # noqa: E402
+from training.train import cpu_has_bf16  # noqa: E402
 from vit.errors import DataError  # noqa: E402
 from vit.image_folder import scan_folder, split_indices  # noqa: E402
 from vit.preprocess import Preprocess  # noqa: E402
@@ -128,7 +129,7 @@ def bf16_autocast(precision: str) -> bool:
     """Whether to train in bf16 autocast: ``precision`` "bf16", "32", or "auto" (bf16 where
     oneDNN has bf16 instructions on this CPU)."""
     if precision == "auto":
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return cpu_has_bf16()
     return precision == "bf16"
 
 
