@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from model_cost import architecture  # noqa: E402
 
-from training.augment import random_crop, random_flip  # noqa: E402
+from training.augment import Normalize, random_crop, random_flip  # noqa: E402
 from training.checkpoint_io import atomic_torch_save, read_checkpoint_file  # noqa: E402
 from training.cnn import CNNConfig, SmallCNN  # noqa: E402
 from training.image_cache import cached_decode  # noqa: E402
@@ -55,24 +55,13 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, normalize: Normal
     correct = 0
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         for start in range(0, len(images), 500):
-            x = normalize(images[start:start + 500].float())
+            x = normalize(images[start:start + 500]).contiguous(memory_format=torch.channels_last)
             probs = model(x).float().softmax(-1)
             if flip_tta:
                 probs = probs + model(x.flip(-1)).float().softmax(-1)
             correct += int((probs.argmax(-1) == labels[start:start + 500]).sum())
     model.train()
     return correct / len(images)
-
-
-class Normalize:
-    """float (B, 3, H, W) in 0..255 -> normalized as the ViT's preprocessing, channels-last."""
-
-    def __init__(self, spec: Preprocess) -> None:
-        self.mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255
-
-    def __call__(self, x: Tensor) -> Tensor:
-        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
 
 def train(model: nn.Module, images: Tensor, labels: Tensor, normalize: Normalize, epochs: int,
@@ -108,6 +97,7 @@ def train(model: nn.Module, images: Tensor, labels: Tensor, normalize: Normalize
         for i in range(steps_per_epoch):
             batch = order[i * batch_size:(i + 1) * batch_size]
             x = normalize(random_crop(random_flip(images[batch].float(), 0.5), 4, mode="reflect"))
+            x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), labels[batch], label_smoothing=0.2)
