@@ -323,7 +323,8 @@ class ImageClassifier(L.LightningModule):
         distill = self.hparams.distill
         if not distill or "distilled from" in self.source:
             return self.source
-        return f"{self.source}; distilled from {Path(distill['teacher']).name}"
+        files = Distill(**distill).files()
+        return f"{self.source}; distilled from {' + '.join(Path(f).name for f in files)}"
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["vit"] = self.vit_record()
