@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -81,8 +80,7 @@ def distill_loss(student: Tensor, teacher: Tensor, kind: str, temperature: float
                     log_target=True) * t * t
 
 
-def _load_member(path: str, class_names: list[str] | None,
-                 preprocess: Preprocess | None) -> tuple[nn.Module, dict[str, Any]]:
+def _load_member(path: str, class_names: list[str] | None, preprocess: Preprocess | None) -> nn.Module:
     """One teacher file, frozen, after checking its classes and normalization against the data."""
     try:
         model, record = load_teacher(path)
@@ -98,7 +96,7 @@ def _load_member(path: str, class_names: list[str] | None,
         raise DataError(f"model.distill.teacher: {path}: it was trained on images normalized "
                         f"with mean {spec['mean']} and std {spec['std']}, the data uses "
                         f"{list(preprocess.mean)} and {list(preprocess.std)}")
-    return model.requires_grad_(False).eval(), record
+    return model.requires_grad_(False).eval()
 
 
 class Teacher:
@@ -108,10 +106,8 @@ class Teacher:
 
     def __init__(self, config: Distill, class_names: list[str] | None, preprocess: Preprocess | None) -> None:
         self.config = config
-        members = [_load_member(path, class_names, preprocess) for path in config.files()]
-        self.models: list[nn.Module] = [model for model, _ in members]
-        self.records: list[dict[str, Any]] = [record for _, record in members]
-        self.log_shares = torch.tensor(config.shares()).log()  # (T,)
+        self.models = [_load_member(path, class_names, preprocess) for path in config.files()]
+        self.log_shares: list[float] = torch.tensor(config.shares()).log().tolist()  # -inf for a 0 share
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:
@@ -122,7 +118,7 @@ class Teacher:
         images = images.contiguous(memory_format=torch.channels_last)
         views = [images, images.flip(-1)] if self.config.flip_tta else [images]
         terms = []  # (B, K) each: log(share_t / V) + log softmax, one per teacher and view
-        for model, log_share in zip(self.models, self.log_shares.tolist(), strict=True):
+        for model, log_share in zip(self.models, self.log_shares, strict=True):
             if next(model.parameters()).device != images.device:
                 model.to(images.device)
             for view in views:
